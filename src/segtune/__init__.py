@@ -1,0 +1,2 @@
+"""segtune: transfer learning for semantic segmentation."""
+__version__ = "0.1.0"

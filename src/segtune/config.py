@@ -1,0 +1,411 @@
+"""Configuration: a tree of dataclasses, loaded from YAML and overridable from the CLI.
+
+``Config`` holds one section per concern (data, model, strategy, loss, optim, train).
+Every field has a default, so ``Config()`` is a valid configuration once ``data.root``
+is set. ``Config.from_dict`` rejects unknown keys with the list of valid ones, and
+``validate`` checks ranges; both raise :class:`~segtune.errors.ConfigError`.
+
+Overrides use dotted keys, e.g. ``apply_overrides(cfg, ["optim.lr=3e-4", "train.epochs=5"])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "StrategyConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "Config",
+    "apply_overrides",
+    "STRATEGIES",
+    "LOSSES",
+]
+
+STRATEGIES = ("head", "partial", "full", "discriminative", "gradual", "scratch")
+LOSSES = ("ce", "dice", "focal", "ce+dice")
+CLASS_WEIGHTS = ("none", "inverse", "median")
+SCHEDULES = ("cosine", "poly", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is fed to the model.
+
+    Attributes:
+        root: data set folder (holding ``dataset.yaml``, or ``images/`` + ``masks/``),
+            or the path of a dataset.yaml file.
+        val_fraction: share of training pairs held out for validation when the data set
+            has no val split (seeded by ``train.seed``).
+        crop_size: side in pixels of the square random crop used in training (a multiple of 32).
+        scale_min, scale_max: random rescale range applied before the crop.
+        hflip: random horizontal flip in training.
+        color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
+        batch_size: training batch size (per device).
+        val_batch_size: evaluation batch size.
+        num_workers: data-loader worker processes (0 = load in the main process).
+        cache: ``auto`` keeps decoded images in RAM when they fit in ``cache_max_gb``,
+            ``ram`` always, ``none`` never.
+        cache_max_gb: RAM budget for the decoded-image cache, GiB.
+        max_train_images, max_val_images: use only the first N (seeded shuffle) pairs; for quick runs.
+        skip_bad: train on the usable pairs when check-data finds problems (listed), instead of refusing.
+        max_pixels: refuse images larger than this many pixels (Pillow's bomb guard is raised to it).
+    """
+
+    root: str | None = None
+    val_fraction: float = 0.2
+    crop_size: int = 384
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    hflip: bool = True
+    color_jitter: float = 0.2
+    batch_size: int = 8
+    val_batch_size: int = 4
+    num_workers: int = 0
+    cache: str = "auto"
+    cache_max_gb: float = 4.0
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    skip_bad: bool = False
+    max_pixels: int = 180_000_000
+
+
+@dataclass
+class ModelConfig:
+    """Which network and which starting weights.
+
+    Attributes:
+        arch: ``unet`` | ``fpn`` | ``deeplabv3plus`` (SMP, on a timm encoder) or
+            ``fcn_resnet50`` | ``deeplabv3_resnet50`` | ``lraspp_mobilenet_v3_large`` (torchvision).
+        encoder: timm encoder name for SMP architectures (default ImageNet EfficientNet-Lite0).
+        weights: ``imagenet`` (bundled offline weights for the encoder), ``none`` (random init),
+            a path to a weights file (safetensors or torch state dict; encoder or whole model),
+            or a segtune run folder to start from.
+    """
+
+    arch: str = "unet"
+    encoder: str = "tf_efficientnet_lite0"
+    weights: str = "imagenet"
+
+
+@dataclass
+class StrategyConfig:
+    """How transfer happens: which parameters train, at which learning rate, when.
+
+    Attributes:
+        name: ``head`` | ``partial`` | ``full`` | ``discriminative`` | ``gradual`` | ``scratch``.
+        freeze_stages: ``partial``: number of encoder stages (from the input side) kept frozen.
+        encoder_lr_factor: ``discriminative``: encoder LR = head LR x this factor.
+        stage_lr_decay: ``discriminative``: if set, stage k from the top gets factor x decay**k.
+        head_epochs: ``gradual``: epochs with only the decoder/head training.
+        unfreeze_every: ``gradual``: epochs between unfreezing successive encoder stages (deepest first).
+    """
+
+    name: str = "full"
+    freeze_stages: int = 2
+    encoder_lr_factor: float = 0.1
+    stage_lr_decay: float | None = None
+    head_epochs: int = 1
+    unfreeze_every: int = 1
+
+
+@dataclass
+class LossConfig:
+    """Training loss (all honour the data set's ignore_index).
+
+    Attributes:
+        name: ``ce`` | ``dice`` | ``focal`` | ``ce+dice``.
+        class_weights: ``none`` | ``inverse`` | ``median`` (from training-mask pixel frequencies).
+        focal_gamma: focusing parameter of the focal loss.
+        dice_weight: weight of the Dice term in ``ce+dice``.
+    """
+
+    name: str = "ce+dice"
+    class_weights: str = "none"
+    focal_gamma: float = 2.0
+    dice_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule.
+
+    Attributes:
+        optimizer: ``adamw`` | ``sgd`` (momentum 0.9, nesterov).
+        lr: learning rate of the decoder/head (encoder groups derive theirs from the strategy).
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        schedule: ``cosine`` | ``poly`` | ``constant``, stepped per optimiser step.
+        warmup_steps: linear warm-up length in optimiser steps (0 disables it).
+        grad_clip: clip the global gradient norm to this value (0 disables it).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, reproducibility, devices and outputs.
+
+    Attributes:
+        epochs: maximum number of epochs.
+        max_steps: stop after this many optimiser steps (overrides epochs when set).
+        seed: seeds Python, NumPy and torch; a CPU run with the same seed repeats exactly.
+        early_stopping: stop when val mIoU has not improved for this many validations (0 disables).
+        val_every: validate every N epochs.
+        precision: ``auto`` (bf16-mixed on GPUs that support it, else 32), ``32``, ``16-mixed``, ``bf16-mixed``.
+        accelerator, devices, num_nodes: passed to Lightning.
+        out: parent folder of run folders.
+        name: run folder name (default: ``<arch>-<strategy>``, numbered if taken).
+        overwrite: allow replacing an existing run folder of the same name.
+        num_overlays: validation images written as input | truth | prediction PNGs.
+        progress: show a progress bar.
+        deterministic: ask torch for deterministic algorithms.
+    """
+
+    epochs: int = 30
+    max_steps: int | None = None
+    seed: int = 0
+    early_stopping: int = 10
+    val_every: int = 1
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    out: str = "runs"
+    name: str | None = None
+    overwrite: bool = False
+    num_overlays: int = 4
+    progress: bool = True
+    deterministic: bool = True
+
+
+@dataclass
+class Config:
+    """The full, resolved configuration of a segtune run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------ I/O
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> Config:
+        """Build from a nested dict; unknown sections or keys raise ConfigError naming valid ones."""
+        cfg = cls()
+        for section, values in (d or {}).items():
+            sec = _get_section(cfg, section, source)
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section '{section}' must be a mapping, got {values!r}")
+            for key, value in values.items():
+                _set_field(sec, section, key, value, source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        """Load a YAML file written by :meth:`to_yaml` or by hand (partial files are fine)."""
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if d is not None and not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...)")
+        return cls.from_dict(d, source=str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ----------------------------------------------------------- validation
+    def validate(self) -> Config:
+        """Check values and their ranges; raise ConfigError with the key and the allowed values."""
+        _choice("strategy.name", self.strategy.name, STRATEGIES)
+        _choice("loss.name", self.loss.name, LOSSES)
+        _choice("loss.class_weights", self.loss.class_weights, CLASS_WEIGHTS)
+        _choice("optim.schedule", self.optim.schedule, SCHEDULES)
+        _choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
+        _choice("data.cache", self.data.cache, ("auto", "ram", "none"))
+        _choice("train.precision", self.train.precision, ("auto", "32", "16-mixed", "bf16-mixed"))
+        _positive("optim.lr", self.optim.lr)
+        _nonneg("optim.weight_decay", self.optim.weight_decay)
+        _nonneg("optim.warmup_steps", self.optim.warmup_steps)
+        _nonneg("optim.grad_clip", self.optim.grad_clip)
+        _positive("train.epochs", self.train.epochs)
+        if self.train.max_steps is not None:
+            _positive("train.max_steps", self.train.max_steps)
+        _nonneg("train.early_stopping", self.train.early_stopping)
+        _positive("train.val_every", self.train.val_every)
+        _positive("train.devices", self.train.devices)
+        _positive("data.batch_size", self.data.batch_size)
+        _positive("data.val_batch_size", self.data.val_batch_size)
+        _nonneg("data.num_workers", self.data.num_workers)
+        _positive("data.crop_size", self.data.crop_size)
+        if self.data.crop_size % 32:
+            raise ConfigError(
+                f"data.crop_size={self.data.crop_size} must be a multiple of 32 "
+                f"(try {max(32, round(self.data.crop_size / 32) * 32)})"
+            )
+        if not 0 < self.data.scale_min <= self.data.scale_max:
+            raise ConfigError(
+                f"data.scale_min={self.data.scale_min} / scale_max={self.data.scale_max}: need 0 < min <= max"
+            )
+        if not 0 <= self.data.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={self.data.val_fraction} must be in [0, 1)")
+        _nonneg("data.color_jitter", self.data.color_jitter)
+        _positive("strategy.encoder_lr_factor", self.strategy.encoder_lr_factor)
+        _nonneg("strategy.freeze_stages", self.strategy.freeze_stages)
+        _nonneg("strategy.head_epochs", self.strategy.head_epochs)
+        _positive("strategy.unfreeze_every", self.strategy.unfreeze_every)
+        if self.strategy.stage_lr_decay is not None and not 0 < self.strategy.stage_lr_decay <= 1:
+            raise ConfigError(
+                f"strategy.stage_lr_decay={self.strategy.stage_lr_decay} must be in (0, 1]"
+            )
+        _nonneg("loss.focal_gamma", self.loss.focal_gamma)
+        _nonneg("loss.dice_weight", self.loss.dice_weight)
+        return self
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars) in place; return cfg."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for dotted, value in items:
+        if "." not in dotted:
+            raise ConfigError(
+                f"override '{dotted}': use section.key=value, sections: {', '.join(_sections())}"
+            )
+        section, key = dotted.split(".", 1)
+        sec = _get_section(cfg, section, "override")
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value != "" else None
+        _set_field(sec, section, key, value, "override")
+    return cfg
+
+
+# ---------------------------------------------------------------- helpers
+def _sections() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. optim.lr=3e-4")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _did_you_mean(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _get_section(cfg: Config, section: str, source: str) -> Any:
+    valid = _sections()
+    if section not in valid:
+        raise ConfigError(
+            f"{source}: unknown section '{section}'{_did_you_mean(section, valid)}; valid: {', '.join(valid)}"
+        )
+    return getattr(cfg, section)
+
+
+def _set_field(sec: Any, section: str, key: str, value: Any, source: str) -> None:
+    by_name = {f.name: f for f in fields(sec)}
+    if key not in by_name:
+        valid = list(by_name)
+        raise ConfigError(
+            f"{source}: unknown key '{section}.{key}'{_did_you_mean(key, valid)}; valid: {', '.join(valid)}"
+        )
+    hint = typing.get_type_hints(type(sec))[key]
+    setattr(sec, key, _coerce(value, hint, f"{section}.{key}", source))
+
+
+def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: {name}={value!r} has the wrong type (expected {hint})")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{source}: {name}={value!r} must be true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{source}: {name}={value!r} must be an integer")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {name}={value!r} must be an integer") from None
+        if f != int(f):
+            raise ConfigError(f"{source}: {name}={value!r} must be an integer")
+        return int(f)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: {name}={value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: {name}={value!r} must be a number") from None
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{source}: {name}={value!r} must be a string")
+        return str(value)
+    return value
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{name}={value!r} is not valid{_did_you_mean(str(value), list(allowed))}; choose one of: {', '.join(allowed)}"
+        )
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value} must be > 0")
+
+
+def _nonneg(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{name}={value} must be >= 0")
+
+
+_ = dataclasses  # re-exported types stay importable for users building configs by hand
