@@ -1,0 +1,211 @@
+"""Command-line interface: ``segtune <command>``; a thin layer over the Python API.
+
+Every user-fixable problem ends with a one-line ``error: ...`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import _log
+from .errors import SegtuneError
+
+__all__ = ["main", "build_parser"]
+
+# flag -> dotted config key
+_TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "config_arch": ("model.arch", str, "architecture: unet, fpn, deeplabv3plus, fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large"),
+    "encoder": ("model.encoder", str, "timm encoder (default tf_efficientnet_lite0, ImageNet weights bundled)"),
+    "weights": ("model.weights", str, "imagenet | none | weights file | run folder to start from"),
+    "strategy": ("strategy.name", str, "head | partial | full | discriminative | gradual | scratch"),
+    "freeze_stages": ("strategy.freeze_stages", int, "partial: encoder stages kept frozen"),
+    "encoder_lr_factor": ("strategy.encoder_lr_factor", float, "discriminative/gradual: encoder LR = LR x factor"),
+    "epochs": ("train.epochs", int, "maximum epochs"),
+    "max_steps": ("train.max_steps", int, "stop after this many optimiser steps"),
+    "lr": ("optim.lr", float, "learning rate of the decoder/head"),
+    "batch_size": ("data.batch_size", int, "training batch size"),
+    "crop_size": ("data.crop_size", int, "training crop side (multiple of 32)"),
+    "loss": ("loss.name", str, "ce | dice | focal | ce+dice"),
+    "class_weights": ("loss.class_weights", str, "none | inverse | median"),
+    "seed": ("train.seed", int, "random seed (a CPU run repeats exactly)"),
+    "out": ("train.out", str, "parent folder of run folders (default runs)"),
+    "name": ("train.name", str, "run folder name"),
+    "devices": ("train.devices", int, "number of devices"),
+    "num_workers": ("data.num_workers", int, "data-loader worker processes"),
+    "max_pixels": ("data.max_pixels", int, "refuse images above this many pixels"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="segtune",
+        description="Transfer learning for semantic segmentation: fine-tune, evaluate, predict. Offline.",
+    )
+    p.add_argument("--version", action="version", version=f"segtune {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="fine-tune a model on a data set folder",
+                       description="Fine-tune a pretrained model. Any config key can be set with --set section.key=value.")
+    t.add_argument("data", nargs="?", help="data set folder (with dataset.yaml, or images/ + masks/) or a dataset.yaml")
+    t.add_argument("--config", help="YAML config file (flags override it)")
+    t.add_argument("--arch", dest="config_arch", help=_TRAIN_FLAGS["config_arch"][2])
+    for key, (_, typ, help_) in _TRAIN_FLAGS.items():
+        if key == "config_arch":
+            continue
+        t.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, help=help_)
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value, e.g. --set optim.schedule=poly (repeatable)")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    t.add_argument("--skip-bad", action="store_true", help="train on the usable pairs when the data has problems")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("check-data", help="list every problem in a data set at once, with class frequencies")
+    c.add_argument("data", help="data set folder or dataset.yaml")
+    c.add_argument("--max-pixels", type=int, default=180_000_000, help="largest image accepted (pixels)")
+
+    e = sub.add_parser("evaluate", help="per-class metrics of a trained run on a data set")
+    e.add_argument("run", help="run folder written by segtune train")
+    e.add_argument("data", help="data set folder or dataset.yaml")
+    e.add_argument("--split", default="val", help="split to score (default val)")
+    e.add_argument("--out", help="folder for metrics.json and per_class_iou.png (default RUN/eval-SPLIT)")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+
+    pr = sub.add_parser("predict", help="segment images (file or folder) with a trained run")
+    pr.add_argument("run", help="run folder written by segtune train")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder for the palette PNG masks")
+    pr.add_argument("--overlay", action="store_true", help="also write colour overlays")
+    pr.add_argument("--skip-existing", action="store_true", help="skip images whose mask exists (resume)")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing masks")
+    pr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    pr.add_argument("--tile-size", type=int, default=1024, help="tile side for very large images")
+
+    d = sub.add_parser("demo", help="train head vs scratch on a generated (or given) data set and compare")
+    d.add_argument("--data", help="use a small subset of this data set instead of the generated one")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--strategies", default="head,scratch", help="comma-separated strategies to compare")
+    d.add_argument("--epochs", type=int, default=None, help="epochs per strategy")
+    d.add_argument("--overwrite", action="store_true", help="replace an earlier demo's folder")
+
+    sub.add_parser("models", help="list architectures and encoders with bundled weights")
+    return p
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .config import Config
+    from .engine.train import train
+
+    overrides: dict[str, Any] = {}
+    if a.data:
+        overrides["data.root"] = a.data
+    for key, (dotted, _, _) in _TRAIN_FLAGS.items():
+        v = getattr(a, key)
+        if v is not None:
+            overrides[dotted] = v
+    if a.overwrite:
+        overrides["train.overwrite"] = True
+    if a.skip_bad:
+        overrides["data.skip_bad"] = True
+    if a.no_progress:
+        overrides["train.progress"] = False
+    from .config import _split_override
+
+    for o in a.overrides:
+        k, v = _split_override(o)
+        overrides[k] = v
+    if a.resume:
+        run = train(resume=a.resume)
+    else:
+        if not a.data and not a.config:
+            raise SegtuneError("train: give the data set folder, e.g. `segtune train path/to/data`")
+        cfg = Config.from_yaml(a.config) if a.config else Config()
+        run = train(cfg, overrides=overrides)
+    print(f"val mIoU {run.metrics.get('miou', float('nan')):.4f}  ->  {run.dir}")
+    return 0
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    from .data import check_data
+
+    report = check_data(a.data, max_pixels=a.max_pixels, progress=True)
+    print(report.format())
+    return 0 if report.ok else 2
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate
+    from .metrics import format_metrics_table
+
+    out = a.out or str(Path(a.run) / f"eval-{a.split}")
+    m = evaluate(a.run, a.data, split=a.split, out=out, batch_size=a.batch_size, device=a.device)
+    print(format_metrics_table(m))
+    print(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_class_iou.png'}")
+    return 0
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from .inference import Predictor
+
+    pred = Predictor.from_run(a.run, device=a.device, tile_size=a.tile_size)
+    written = pred.predict_paths(a.inputs, a.out, overlay=a.overlay, skip_existing=a.skip_existing, overwrite=a.overwrite)
+    print(f"wrote {len(written)} mask(s) to {a.out}" + (f" (overlays in {Path(a.out) / 'overlays'})" if a.overlay else ""))
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
+    run_demo(data=a.data, out=a.out, strategies=strategies, epochs=a.epochs, overwrite=a.overwrite)
+    return 0
+
+
+def _cmd_models(a: argparse.Namespace) -> int:
+    from .models import list_architectures, list_encoders
+
+    print("architectures: " + ", ".join(list_architectures()))
+    print("encoders with bundled ImageNet weights: " + ", ".join(list_encoders()))
+    print("any other timm encoder works with --weights none or --weights FILE")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "check-data": _cmd_check,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "demo": _cmd_demo,
+    "models": _cmd_models,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``segtune`` command; returns the exit code."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not a.command:
+        parser.print_help()
+        return 2
+    _log.set_quiet(a.quiet)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    try:
+        return _COMMANDS[a.command](a)
+    except SegtuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Data set description: ``dataset.yaml`` (or a bare ``images/`` + ``masks/`` folder).
+
+A ``dataset.yaml`` looks like::
+
+    name: camvid
+    classes: [Sky, Building, ...]          # class id = position in this list
+    colors: [[128, 128, 128], ...]         # optional; needed for RGB colour masks
+    ignore_index: 11                       # mask value excluded from loss and metrics (default 255)
+    mask_format: index                     # auto | index | palette | rgb | binary
+    splits:
+      train: {images: train, masks: trainannot}   # relative to the yaml's folder
+      val: {images: val, masks: valannot}
+
+:func:`load_dataset_spec` turns it into a :class:`DatasetSpec`. A folder without a yaml but
+with ``images/`` + ``masks/`` (or ``train/images`` + ``train/masks`` and so on) also works: the
+classes are then inferred by scanning the mask values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .. import _log
+from ..errors import ConfigError, DataError
+
+__all__ = [
+    "Split",
+    "DatasetSpec",
+    "load_dataset_spec",
+    "MASK_FORMATS",
+    "SPLIT_NAMES",
+    "DATASET_KEYS",
+    "SPLIT_KEYS",
+]
+
+MASK_FORMATS = ("auto", "index", "palette", "rgb", "binary")
+SPLIT_NAMES = ("train", "val", "test")
+DATASET_KEYS = ("name", "classes", "colors", "ignore_index", "mask_format", "splits", "ignore_color")
+SPLIT_KEYS = ("images", "masks")
+_YAML_NAMES = ("dataset.yaml", "dataset.yml")
+
+
+@dataclass
+class Split:
+    """One split of a data set: an images folder and (optionally) a masks folder.
+
+    Attributes:
+        images: folder of images (absolute or relative to the working directory).
+        masks: folder of masks paired with the images by file stem; ``None`` for an
+            unlabelled split (prediction only).
+    """
+
+    images: Path
+    masks: Path | None = None
+
+
+@dataclass
+class DatasetSpec:
+    """A resolved data set description.
+
+    Attributes:
+        root: the data set folder (the folder of ``dataset.yaml``).
+        classes: class names; a mask value ``k`` in ``[0, len(classes))`` is class ``classes[k]``.
+        colors: one ``(r, g, b)`` per class (used to read RGB colour masks and to draw overlays),
+            or ``None``.
+        ignore_index: mask value excluded from loss and metrics; never a valid class id.
+        mask_format: ``auto`` | ``index`` | ``palette`` | ``rgb`` | ``binary``.
+        splits: split name (``train``/``val``/``test``) -> :class:`Split`.
+        name: data set name (defaults to the folder name).
+        ignore_color: optional RGB colour of unlabelled pixels in RGB masks (maps to ``ignore_index``).
+        yaml_path: the ``dataset.yaml`` this spec was read from (``None`` if inferred).
+        ignore_index_explicit: ``True`` when ``ignore_index`` was written in dataset.yaml. In ``auto``
+            mode, masks holding only 0 and 255 are read as binary (255 -> 1) when there are two
+            classes and 255 was not explicitly declared the ignore value.
+    """
+
+    root: Path
+    classes: list[str]
+    colors: list[tuple[int, int, int]] | None = None
+    ignore_index: int = 255
+    mask_format: str = "auto"
+    splits: dict[str, Split] = field(default_factory=dict)
+    name: str = ""
+    ignore_color: tuple[int, int, int] | None = None
+    yaml_path: Path | None = None
+    ignore_index_explicit: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C`` (mask values ``0..C-1``)."""
+        return len(self.classes)
+
+    @property
+    def source(self) -> str:
+        """Where this spec came from (the yaml file, or the folder when inferred), for messages."""
+        return str(self.yaml_path if self.yaml_path is not None else self.root)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A YAML/JSON-serialisable dict in the ``dataset.yaml`` schema (absolute split folders)."""
+        d: dict[str, Any] = {"name": self.name, "classes": list(self.classes)}
+        if self.colors is not None:
+            d["colors"] = [list(c) for c in self.colors]
+        d["ignore_index"] = self.ignore_index
+        d["mask_format"] = self.mask_format
+        if self.ignore_color is not None:
+            d["ignore_color"] = list(self.ignore_color)
+        d["splits"] = {
+            k: {"images": str(s.images), **({"masks": str(s.masks)} if s.masks is not None else {})}
+            for k, s in self.splits.items()
+        }
+        return d
+
+
+def load_dataset_spec(path: str | Path) -> DatasetSpec:
+    """Load a data set description.
+
+    Args:
+        path: a folder holding ``dataset.yaml``; the path of a yaml file; or a folder with
+            ``images/`` + ``masks/`` (single train split) or ``train/``, ``val/``, ``test/``
+            subfolders each holding ``images/`` + ``masks/``. Without a yaml the classes are
+            inferred by scanning the training masks (named ``class_0..class_K``) and a value of 255
+            on top of the others is taken as the ignore value, with a notice.
+
+    Returns:
+        The resolved :class:`DatasetSpec`; relative split folders are resolved against the
+        yaml's folder.
+
+    Raises:
+        DataError: the path does not exist or holds neither a yaml nor images/masks folders.
+        ConfigError: the yaml is malformed, has unknown keys (the message names the valid ones)
+            or inconsistent values.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{p}: data set not found (give a folder with dataset.yaml, or a dataset.yaml file)")
+    if p.is_file():
+        return _from_yaml(p)
+    for n in _YAML_NAMES:
+        if (p / n).is_file():
+            return _from_yaml(p / n)
+    splits = _folder_splits(p)
+    if not splits:
+        raise DataError(
+            f"{p}: no dataset.yaml and no images/ + masks/ folders "
+            "(add a dataset.yaml with splits:, or put images in images/ and masks in masks/)"
+        )
+    return _infer_spec(p, splits)
+
+
+# ------------------------------------------------------------------ yaml
+def _did_you_mean(name: str, valid: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown_key(source: Path, where: str, key: Any, valid: tuple[str, ...]) -> ConfigError:
+    return ConfigError(
+        f"{source}: unknown key '{where}{key}'{_did_you_mean(key, valid)}; valid keys: {', '.join(valid)}"
+    )
+
+
+def _from_yaml(yaml_path: Path) -> DatasetSpec:
+    try:
+        d = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{yaml_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{yaml_path}: cannot read dataset.yaml ({e})") from None
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{yaml_path}: expected a mapping with keys {', '.join(DATASET_KEYS)}")
+    for k in d:
+        if k not in DATASET_KEYS:
+            raise _unknown_key(yaml_path, "", k, DATASET_KEYS)
+    root = yaml_path.parent.resolve()
+
+    # splits
+    raw_splits = d.get("splits")
+    splits: dict[str, Split] = {}
+    if raw_splits is None:
+        splits = _folder_splits(root)
+        if not splits:
+            raise ConfigError(
+                f"{yaml_path}: no 'splits:' and no images/ + masks/ folders beside it "
+                "(add splits: {train: {images: DIR, masks: DIR}})"
+            )
+    else:
+        if not isinstance(raw_splits, dict) or not raw_splits:
+            raise ConfigError(
+                f"{yaml_path}: 'splits' must be a mapping like {{train: {{images: DIR, masks: DIR}}}}"
+            )
+        for sname, sval in raw_splits.items():
+            if sname not in SPLIT_NAMES:
+                raise _unknown_key(yaml_path, "splits.", sname, SPLIT_NAMES)
+            if isinstance(sval, str):  # shorthand: a folder holding images/ + masks/
+                base = _resolve(root, sval)
+                sval = {"images": str(base / "images"), "masks": str(base / "masks")}
+            if not isinstance(sval, dict):
+                raise ConfigError(
+                    f"{yaml_path}: splits.{sname} must be a mapping {{images: DIR, masks: DIR}}, got {sval!r}"
+                )
+            for k in sval:
+                if k not in SPLIT_KEYS:
+                    raise _unknown_key(yaml_path, f"splits.{sname}.", k, SPLIT_KEYS)
+            if not sval.get("images"):
+                raise ConfigError(f"{yaml_path}: splits.{sname} needs 'images: DIR'")
+            masks = sval.get("masks")
+            splits[sname] = Split(
+                images=_resolve(root, sval["images"]),
+                masks=_resolve(root, masks) if masks else None,
+            )
+
+    mask_format = d.get("mask_format", "auto")
+    if mask_format is None:
+        mask_format = "auto"
+    if mask_format not in MASK_FORMATS:
+        raise ConfigError(
+            f"{yaml_path}: mask_format: {mask_format!r} is not valid{_did_you_mean(str(mask_format), MASK_FORMATS)}; "
+            f"valid: {', '.join(MASK_FORMATS)}"
+        )
+
+    ignore_explicit = d.get("ignore_index") is not None
+    ignore_index = d.get("ignore_index", 255)
+    if ignore_index is None:
+        ignore_index = 255
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ConfigError(f"{yaml_path}: ignore_index must be an integer, got {ignore_index!r}")
+
+    colors = _parse_colors(yaml_path, d.get("colors"), "colors")
+    ignore_color = None
+    if d.get("ignore_color") is not None:
+        ignore_color = _parse_colors(yaml_path, [d["ignore_color"]], "ignore_color")[0]  # type: ignore[index]
+
+    classes = d.get("classes")
+    name = d.get("name") or root.name
+    if classes is None:
+        spec = DatasetSpec(
+            root=root,
+            classes=[],
+            colors=colors,
+            ignore_index=ignore_index,
+            mask_format=mask_format,
+            splits=splits,
+            name=str(name),
+            ignore_color=ignore_color,
+            yaml_path=yaml_path.resolve(),
+            ignore_index_explicit=ignore_explicit,
+        )
+        if colors is not None:
+            spec.classes = [f"class_{i}" for i in range(len(colors))]
+        else:
+            _fill_inferred_classes(spec)
+        _validate(spec)
+        return spec
+    if not isinstance(classes, list) or not classes:
+        raise ConfigError(f"{yaml_path}: classes must be a non-empty list of names, got {classes!r}")
+    classes = [str(c) for c in classes]
+    dups = sorted({c for c in classes if classes.count(c) > 1})
+    if dups:
+        raise ConfigError(f"{yaml_path}: duplicate class names {dups} (class names must be unique)")
+    spec = DatasetSpec(
+        root=root,
+        classes=classes,
+        colors=colors,
+        ignore_index=ignore_index,
+        mask_format=mask_format,
+        splits=splits,
+        name=str(name),
+        ignore_color=ignore_color,
+        yaml_path=yaml_path.resolve(),
+        ignore_index_explicit=ignore_explicit,
+    )
+    _validate(spec)
+    return spec
+
+
+def _validate(spec: DatasetSpec) -> None:
+    src = spec.source
+    c = spec.num_classes
+    if 0 <= spec.ignore_index < c:
+        raise ConfigError(
+            f"{src}: ignore_index {spec.ignore_index} is also a class id ({spec.classes[spec.ignore_index]!r}); "
+            f"use a value outside 0..{c - 1}, e.g. 255"
+        )
+    if spec.colors is not None:
+        if len(spec.colors) != c:
+            raise ConfigError(
+                f"{src}: {len(spec.colors)} colors for {c} classes (give exactly one [r, g, b] per class)"
+            )
+        seen: dict[tuple[int, int, int], int] = {}
+        for i, col in enumerate(spec.colors):
+            if col in seen:
+                raise ConfigError(
+                    f"{src}: classes {spec.classes[seen[col]]!r} and {spec.classes[i]!r} share colour "
+                    f"{list(col)} (colours must be unique)"
+                )
+            seen[col] = i
+        if spec.ignore_color is not None and spec.ignore_color in seen:
+            raise ConfigError(f"{src}: ignore_color {list(spec.ignore_color)} is also a class colour")
+    if spec.mask_format == "rgb" and spec.colors is None:
+        raise ConfigError(f"{src}: mask_format: rgb needs colors: (one [r, g, b] per class)")
+    if spec.mask_format == "binary" and c != 2:
+        raise ConfigError(f"{src}: mask_format: binary needs exactly 2 classes, got {c}")
+
+
+def _parse_colors(src: Path, raw: Any, key: str) -> list[tuple[int, int, int]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ConfigError(f"{src}: {key} must be a list of [r, g, b] triples, got {raw!r}")
+    out: list[tuple[int, int, int]] = []
+    for col in raw:
+        if (
+            not isinstance(col, (list, tuple))
+            or len(col) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in col)
+        ):
+            raise ConfigError(f"{src}: {key} entry {col!r} is not [r, g, b] with integers 0..255")
+        out.append((int(col[0]), int(col[1]), int(col[2])))
+    return out
+
+
+def _resolve(root: Path, p: Any) -> Path:
+    q = Path(str(p)).expanduser()
+    return q if q.is_absolute() else (root / q)
+
+
+# ------------------------------------------------------------ no yaml
+def _folder_splits(root: Path) -> dict[str, Split]:
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return {"train": Split(images=root / "images", masks=root / "masks")}
+    out: dict[str, Split] = {}
+    for s in SPLIT_NAMES:
+        if (root / s / "images").is_dir():
+            m = root / s / "masks"
+            out[s] = Split(images=root / s / "images", masks=m if m.is_dir() else None)
+    if "train" not in out:
+        return {}
+    return out
+
+
+def _infer_spec(root: Path, splits: dict[str, Split]) -> DatasetSpec:
+    root = root.resolve()
+    spec = DatasetSpec(root=root, classes=[], splits=splits, name=root.name)
+    _fill_inferred_classes(spec)
+    _validate(spec)
+    return spec
+
+
+def _fill_inferred_classes(spec: DatasetSpec) -> None:
+    """Scan training masks to infer the classes (and binary/ignore conventions) in place."""
+    from .decode import mask_values_summary
+    from .pairing import list_files
+
+    split = spec.splits.get("train") or next(iter(spec.splits.values()))
+    if split.masks is None:
+        raise ConfigError(f"{spec.source}: no classes: given and no masks to infer them from (add classes:)")
+    files, _ = list_files(split.masks, kind="mask")
+    values: set[int] = set()
+    palette: list[tuple[int, int, int]] | None = None
+    n = 0
+    for f in files:
+        try:
+            vals, pal, is_color = mask_values_summary(f)
+        except DataError:
+            continue  # reported by check-data
+        if is_color:
+            raise ConfigError(
+                f"{f}: RGB colour mask but no dataset.yaml to map colours to classes "
+                "(write a dataset.yaml with classes: and colors:, and mask_format: rgb)"
+            )
+        values.update(int(v) for v in vals)
+        if pal is not None and palette is None:
+            palette = pal
+        n += 1
+    if n == 0:
+        raise DataError(
+            f"{split.masks}: no readable masks to infer classes from (add a dataset.yaml with classes:)"
+        )
+    vals_sorted = sorted(values)
+    if min(vals_sorted) < 0:
+        raise DataError(f"{split.masks}: masks hold negative values {vals_sorted[:5]} (class ids must be >= 0)")
+    if spec.mask_format in ("auto", "binary") and values <= {0, 255} and 255 in values:
+        spec.classes = ["class_0", "class_1"]
+        spec.mask_format = "binary"
+        _log.warn(
+            f"{split.masks}: masks hold only 0 and 255: reading them as binary (0 -> class_0, 255 -> class_1); "
+            "write a dataset.yaml with ignore_index: 255 if 255 means 'unlabelled'"
+        )
+    else:
+        top = max(vals_sorted)
+        if spec.ignore_index_explicit:
+            labels = [v for v in vals_sorted if v != spec.ignore_index]
+            top = max(labels) if labels else 0
+        elif top == 255 and len(vals_sorted) > 1:
+            spec.ignore_index = 255
+            top = max(v for v in vals_sorted if v != 255)
+            _log.info(
+                f"{split.masks}: mask value 255 is treated as 'ignore' (unlabelled); "
+                "write a dataset.yaml to change this"
+            )
+        elif top >= 255:
+            spec.ignore_index = 65535 if top < 65535 else top + 1
+        spec.classes = [f"class_{i}" for i in range(top + 1)]
+    if spec.colors is None and palette is not None and spec.mask_format != "binary":
+        pal = palette + [(0, 0, 0)] * max(0, spec.num_classes - len(palette))
+        cols = pal[: spec.num_classes]
+        if len(set(cols)) == len(cols):
+            spec.colors = cols
+    _log.info(
+        f"{spec.source}: no classes listed: found {spec.num_classes} classes in {n} masks "
+        f"({', '.join(spec.classes[:6])}{', ...' if spec.num_classes > 6 else ''}); "
+        "name them in a dataset.yaml (classes:)"
+    )
+
+
+def _np_unique(a: np.ndarray) -> np.ndarray:  # pragma: no cover - tiny helper kept for clarity
+    return np.unique(a)

@@ -1,0 +1,135 @@
+"""The LightningModule: what a training step is. The loop itself is Lightning's."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..config import OptimConfig
+from ..metrics import ConfusionMatrix, segmentation_metrics
+
+__all__ = ["SegTuneModule", "lr_lambda"]
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, power: float = 0.9):
+    """Multiplier of the base LR at optimiser step ``step`` (linear warm-up, then the schedule).
+
+    Args:
+        schedule: ``cosine`` (to 0), ``poly`` ((1 - t) ** power) or ``constant``.
+        warmup_steps: linear ramp from 1/warmup to 1 over this many steps.
+        total_steps: total optimiser steps of the run.
+    """
+    total_steps = max(1, total_steps)
+    warmup_steps = min(warmup_steps, max(0, total_steps - 1))
+
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        t = min(max(t, 0.0), 1.0)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        if schedule == "poly":
+            return (1.0 - t) ** power
+        return 1.0
+
+    return f
+
+
+class SegTuneModule(L.LightningModule):
+    """Trains a :class:`~segtune.models.SegModel` with a transfer strategy.
+
+    Args:
+        model: segmentation network, ``(N,3,H,W) -> (N,C,H,W)`` logits.
+        strategy: a :class:`~segtune.strategies.Strategy` (param groups, freezing, BN policy).
+        loss: ``(logits, target (N,H,W) int64) -> scalar``.
+        optim: optimiser / schedule settings.
+        num_classes: C.
+        ignore_index: label excluded from loss and metrics.
+        class_names: for the per-class metrics.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Any,
+        loss: nn.Module,
+        optim: OptimConfig,
+        num_classes: int,
+        ignore_index: int,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.strategy = strategy
+        self.loss_fn = loss
+        self.optim_cfg = optim
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = class_names
+        self.val_cm = ConfusionMatrix(num_classes, ignore_index)
+        self.last_val_metrics: dict[str, Any] | None = None
+        self._train_loss_sum = 0.0
+        self._train_loss_n = 0
+        self._val_loss_sum = 0.0
+        self._val_loss_n = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ----------------------------------------------------------------- train
+    def on_train_epoch_start(self) -> None:
+        self._train_loss_sum, self._train_loss_n = 0.0, 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x, y = batch["image"], batch["mask"]
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        self._train_loss_sum += float(loss.detach())
+        self._train_loss_n += 1
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        return loss
+
+    def train_epoch_loss(self) -> float | None:
+        return self._train_loss_sum / self._train_loss_n if self._train_loss_n else None
+
+    # ------------------------------------------------------------------ val
+    def on_validation_epoch_start(self) -> None:
+        self.val_cm.reset()
+        self._val_loss_sum, self._val_loss_n = 0.0, 0
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        x, y = batch["image"], batch["mask"]
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        if torch.isfinite(loss):
+            self._val_loss_sum += float(loss) * x.shape[0]
+            self._val_loss_n += x.shape[0]
+        self.val_cm.update(logits.argmax(1), y)
+
+    def on_validation_epoch_end(self) -> None:
+        cm = self.val_cm.compute()  # summed over ranks
+        m = segmentation_metrics(cm.cpu().numpy(), self.class_names)
+        self.last_val_metrics = m
+        miou = m["miou"] if m["miou"] is not None else 0.0
+        self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
+        val_loss = self._val_loss_sum / self._val_loss_n if self._val_loss_n else float("nan")
+        self.log("val_loss", float(val_loss), prog_bar=False, sync_dist=True)
+
+    # ------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        cfg = self.optim_cfg
+        groups = self.strategy.param_groups(cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+        else:
+            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(cfg.schedule, cfg.warmup_steps, total)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,296 @@
+"""``segtune.train``: fine-tune a model on a folder data set and write a run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from .. import _log
+from .._io import atomic_write_json, atomic_write_yaml
+from ..config import Config, apply_overrides
+from ..errors import ConfigError, DataError, RunError
+from .callbacks import AtomicCheckpointIO, HistoryCallback, StrategyCallback
+from .module import SegTuneModule
+from .run import CONFIG_FILE, METRICS_FILE, MODEL_META, Run, free_run_name, new_run_dir, save_model
+
+__all__ = ["train", "resolve_config", "resolve_precision"]
+
+
+def resolve_config(config: Config | dict | str | Path | None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """Turn a Config, a nested dict or a YAML path into a validated Config, applying overrides."""
+    if config is None:
+        cfg = Config()
+    elif isinstance(config, Config):
+        cfg = Config.from_dict(config.to_dict())
+    elif isinstance(config, dict):
+        cfg = Config.from_dict(config)
+    else:
+        cfg = Config.from_yaml(config)
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg.validate()
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> ``bf16-mixed`` on a CUDA GPU that supports it, else ``32``."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32"
+
+
+def _print_strategy(strategy: Any, model: torch.nn.Module) -> dict[str, Any]:
+    rows = strategy.summary(0)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(r["trainable"] for r in rows)
+    _log.info(f"strategy: {strategy.describe()}")
+    width = max(len(str(r["group"])) for r in rows)
+    _log.info(f"  {'group':<{width}}  {'trainable':>12}  {'total':>12}  {'lr':>9}")
+    for r in rows:
+        _log.info(f"  {r['group']:<{width}}  {r['trainable']:>12,}  {r['total']:>12,}  {r['lr']:>9.2e}")
+    _log.info(f"  {'all':<{width}}  {trainable:>12,}  {total:>12,}")
+    return {"trainable_params": trainable, "total_params": total}
+
+
+class _EpochPrinter(L.Callback):
+    """One readable line per validated epoch (also when no progress bar is shown)."""
+
+    def __init__(self, max_epochs: int) -> None:
+        self.max_epochs = max_epochs
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = pl_module.last_val_metrics or {}
+        tl = pl_module.train_epoch_loss()
+        vl = trainer.callback_metrics.get("val_loss")
+        miou = m.get("miou")
+        parts = [f"epoch {trainer.current_epoch + 1}/{self.max_epochs}"]
+        if tl is not None:
+            parts.append(f"train loss {tl:.4f}")
+        if vl is not None:
+            parts.append(f"val loss {float(vl):.4f}")
+        parts.append(f"val mIoU {miou:.4f}" if miou is not None else "val mIoU n/a")
+        msg = "  ".join(parts)
+        bar = trainer.progress_bar_callback
+        if bar is not None and hasattr(bar, "print"):
+            pl_module.print(msg)
+        else:
+            _log.info(msg)
+
+
+def train(
+    config: Config | dict | str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> Run:
+    """Fine-tune a segmentation model and write a run folder.
+
+    Args:
+        config: a :class:`Config`, a nested dict, or a YAML path. ``config.data.root`` must name
+            the data set (a folder with dataset.yaml, or images/ + masks/).
+        resume: a run folder to continue from its last checkpoint (its config.yaml is used;
+            ``config`` is ignored).
+        overrides: ``{"optim.lr": 3e-4}`` or ``["optim.lr=3e-4"]`` applied on top of ``config``.
+
+    Returns:
+        The :class:`Run` (folder, final validation metrics, history, summary).
+
+    Raises:
+        SegtuneError: bad data, bad config, missing weights, or an existing run folder.
+    """
+    from ..data import SegDataModule, check_data, load_dataset_spec
+    from ..losses import build_loss, class_weights_from_counts
+    from ..models import create_model
+    from ..strategies import build_strategy
+
+    t_start = time.perf_counter()
+    ckpt_path: str | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise RunError(f"{run_dir}: no {CONFIG_FILE} here, so it is not a segtune run folder to resume")
+        if (run_dir / MODEL_META).is_file() and (run_dir / METRICS_FILE).is_file():
+            _log.info(f"{run_dir}: run already complete; nothing to resume")
+            return _load_run(run_dir)
+        cfg = resolve_config(run_dir / CONFIG_FILE, overrides)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            ckpt_path = str(last)
+            _log.info(f"resuming {run_dir} from {last}")
+        else:
+            _log.info(f"{run_dir}: no checkpoint yet; starting this run again from the beginning")
+    else:
+        cfg = resolve_config(config, overrides)
+        if not cfg.data.root:
+            raise ConfigError("data.root is not set: pass the data set folder (e.g. `segtune train DATA`)")
+        name = cfg.train.name or free_run_name(cfg.train.out, f"{cfg.model.arch}-{cfg.strategy.name}")
+        cfg.train.name = name
+        run_dir = new_run_dir(cfg.train.out, name, overwrite=cfg.train.overwrite)
+
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    spec = load_dataset_spec(cfg.data.root)
+    report = check_data(spec, max_pixels=cfg.data.max_pixels, progress=cfg.train.progress)
+    errors = [p for p in report.problems if getattr(p, "level", "error") == "error"]
+    for p in report.problems:
+        if getattr(p, "level", "error") != "error":
+            _log.warn(str(p))
+    skip: set[Path] = set()
+    if errors:
+        if not cfg.data.skip_bad:
+            raise DataError(
+                f"{len(errors)} problem(s) in {cfg.data.root}, first: {errors[0]}; "
+                f"run `segtune check-data {cfg.data.root}` to list all, or pass --skip-bad"
+            )
+        for p in errors:
+            _log.warn(f"skipped: {p}")
+        skip = set(getattr(report, "bad_files", set()))
+
+    if not (run_dir / CONFIG_FILE).is_file() or resume is None:
+        atomic_write_yaml(run_dir / CONFIG_FILE, cfg.to_dict())
+
+    strategy_pretrained = cfg.strategy.name != "scratch"
+    weights = cfg.model.weights if strategy_pretrained else "none"
+    model = create_model(cfg.model.arch, cfg.model.encoder, num_classes=spec.num_classes, weights=weights)
+    dm = SegDataModule(spec, cfg.data, model.mean, model.std, seed=cfg.train.seed, skip=skip)
+    dm.setup()
+    _log.info(
+        f"data: {spec.name or cfg.data.root}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val images, "
+        f"{spec.num_classes} classes, ignore_index {spec.ignore_index}"
+    )
+
+    cw = None
+    if cfg.loss.class_weights != "none":
+        cw = class_weights_from_counts(dm.class_pixel_counts(), cfg.loss.class_weights)
+        if cw is not None:
+            _log.info("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(spec.classes, cw.tolist())))
+    loss = build_loss(cfg.loss, spec.num_classes, spec.ignore_index, cw)
+    strategy = build_strategy(model, cfg.strategy, cfg.optim.lr)
+    summary = _print_strategy(strategy, model)
+    module = SegTuneModule(model, strategy, loss, cfg.optim, spec.num_classes, spec.ignore_index, spec.classes)
+
+    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    history = HistoryCallback(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_top_k=1,
+        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    callbacks: list[L.Callback] = [StrategyCallback(), history, best_cb, _EpochPrinter(cfg.train.epochs)]
+    if cfg.train.early_stopping:
+        callbacks.append(EarlyStopping(monitor="val_miou", mode="max", patience=cfg.train.early_stopping, check_finite=False))
+    show_bar = cfg.train.progress and sys.stderr.isatty()
+    if show_bar:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=False))
+    trainer = L.Trainer(
+        max_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps or -1,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
+        precision=precision,
+        callbacks=callbacks,
+        logger=False,
+        default_root_dir=str(run_dir),
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        check_val_every_n_epoch=cfg.train.val_every,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=show_bar,
+        plugins=[AtomicCheckpointIO()],
+        deterministic="warn" if cfg.train.deterministic else None,
+        log_every_n_steps=1,
+    )
+    _log.info(f"training on {trainer.strategy.root_device}, precision {precision}, run folder {run_dir}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*deterministic.*")
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        except KeyboardInterrupt:  # pragma: no cover - Lightning normally handles it
+            pass
+    if trainer.interrupted:
+        raise RunError(f"training interrupted; continue with `segtune train --resume {run_dir}`")
+    if not trainer.is_global_zero:
+        return Run(dir=run_dir)
+
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else None
+    if best and best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        _log.info(f"best epoch by val mIoU: {best_cb.best_model_score and float(best_cb.best_model_score):.4f}")
+    model = module.model.cpu().eval()
+
+    from .evaluate import evaluate_model, write_evaluation
+
+    metrics = evaluate_model(model, dm.val_dataloader(), spec.num_classes, spec.ignore_index, spec.classes)
+    epochs_done = len(history.rows)
+    summary.update(
+        strategy=cfg.strategy.name,
+        epochs=epochs_done,
+        steps=int(trainer.global_step),
+        seconds=round(time.perf_counter() - t_start, 1),
+        train_images=len(dm.train_pairs),
+        val_images=len(dm.val_pairs),
+        precision=precision,
+    )
+    meta = {
+        "classes": list(spec.classes),
+        "colors": [list(c) for c in spec.colors] if spec.colors else None,
+        "ignore_index": spec.ignore_index,
+        "normalization": {"mean": list(model.mean), "std": list(model.std)},
+        "input": {"pad_multiple": 32},
+        "strategy": cfg.strategy.name,
+        "trained_on": str(cfg.data.root),
+        "val_miou": metrics.get("miou"),
+    }
+    save_model(run_dir, model, meta)
+    write_evaluation(run_dir, metrics, summary=summary)
+    _write_overlays(run_dir, model, meta, dm.val_pairs[: cfg.train.num_overlays], spec)
+    history.write()
+    _log.info(
+        f"done: val mIoU {metrics['miou']:.4f} after {epochs_done} epochs, {summary['seconds']:.0f} s; "
+        f"results in {run_dir}"
+    )
+    return Run(dir=run_dir, metrics=metrics, history=history.rows, summary=summary)
+
+
+def _write_overlays(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], pairs: list, spec: Any) -> None:
+    if not pairs:
+        return
+    from ..data import read_image, read_mask
+    from ..inference import Predictor
+    from ..report import save_triptych
+
+    pred = Predictor(model, meta)
+    out = run_dir / "val_overlays"
+    out.mkdir(exist_ok=True)
+    for img_path, mask_path in pairs:
+        image = read_image(img_path)
+        truth = read_mask(mask_path, spec)
+        save_triptych(
+            out / f"{Path(img_path).stem}.png", image, truth, pred.predict(image),
+            meta["colors"], spec.ignore_index, class_names=meta["classes"],
+        )
+
+
+def _load_run(run_dir: Path) -> Run:
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    return Run(dir=run_dir, metrics=metrics.get("metrics", metrics), summary=metrics.get("summary", {}))
+
+
+_ = (os, atomic_write_json)

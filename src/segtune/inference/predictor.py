@@ -1,0 +1,246 @@
+"""Prediction on single images, folders and images larger than memory allows in one pass."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import _log
+from ..errors import DataError
+
+__all__ = ["Predictor", "predict", "progress_iter", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+T = TypeVar("T")
+
+
+def progress_iter(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar when stderr is a terminal, plainly otherwise."""
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+class Predictor:
+    """A trained model ready to segment images of any size.
+
+    Images are normalised as in training, padded (reflect) to a multiple of 32 and cropped
+    back, so the output mask has exactly the input's height and width. Images with more than
+    ``tile_pixels`` pixels are processed in overlapping tiles (sliding window, averaged
+    softmax) to bound memory.
+
+    Args:
+        model: ``(N,3,H,W) -> (N,C,H,W)`` logits.
+        meta: the run's model.yaml contents (classes, colors, ignore_index, normalization).
+        device: ``cpu``/``cuda`` (default: cuda if available).
+        tile_size: side of a tile in pixels (multiple of 32).
+        tile_pixels: images above this many pixels are tiled.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        device: str | torch.device | None = None,
+        tile_size: int = 1024,
+        tile_pixels: int = 2048 * 2048,
+    ) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.classes: list[str] = list(meta.get("classes") or [])
+        self.colors = meta.get("colors")
+        self.ignore_index = int(meta.get("ignore_index", 255))
+        norm = meta.get("normalization", {})
+        self.mean = torch.tensor(norm.get("mean", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm.get("std", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
+        self.tile_size = tile_size
+        self.tile_pixels = tile_pixels
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | None = None, **kwargs: Any) -> Predictor:
+        """Load the model of a run folder (safetensors + model.yaml, hash-checked)."""
+        from ..engine.run import load_model
+
+        model, meta = load_model(run_dir)
+        return cls(model, meta, device=device, **kwargs)
+
+    # ------------------------------------------------------------------ core
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} {image.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255)
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """(1,3,H,W) normalised -> (1,C,H,W) softmax probabilities, any H, W."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 32, (-w) % 32
+        if ph or pw:
+            mode = "reflect" if h > ph and w > pw else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        logits = self.model(x.to(self.device)).float()
+        return logits[..., :h, :w].softmax(1).cpu()
+
+    @torch.inference_mode()
+    def predict_proba(self, image: np.ndarray | str | Path) -> torch.Tensor:
+        """Class probabilities ``(C, H, W)`` float32 for one image (path, PIL image or (H,W,3) uint8)."""
+        image = self._load(image)
+        x = self._to_tensor(image)
+        h, w = x.shape[-2:]
+        if h * w <= self.tile_pixels:
+            return self._forward_padded(x)[0]
+        t = self.tile_size
+        stride = t * 3 // 4
+        probs: torch.Tensor | None = None
+        counts = torch.zeros(1, h, w)
+        ys = list(range(0, max(h - t, 0) + 1, stride))
+        xs = list(range(0, max(w - t, 0) + 1, stride))
+        if ys[-1] + t < h:
+            ys.append(h - t)
+        if xs[-1] + t < w:
+            xs.append(w - t)
+        for y0 in ys:
+            for x0 in xs:
+                tile = x[..., y0 : y0 + t, x0 : x0 + t]
+                p = self._forward_padded(tile)[0]
+                if probs is None:
+                    probs = torch.zeros(p.shape[0], h, w)
+                probs[:, y0 : y0 + p.shape[1], x0 : x0 + p.shape[2]] += p
+                counts[:, y0 : y0 + p.shape[1], x0 : x0 + p.shape[2]] += 1
+        assert probs is not None
+        return probs / counts
+
+    def predict(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """Class index mask ``(H, W)`` int64 with the input's height and width."""
+        return self.predict_proba(image).argmax(0).numpy().astype(np.int64)
+
+    __call__ = predict
+
+    def _load(self, image: Any) -> np.ndarray:
+        if isinstance(image, (str, Path)):
+            from ..data import read_image
+
+            return read_image(image)
+        if not isinstance(image, np.ndarray):  # PIL image
+            from PIL import Image
+
+            if isinstance(image, Image.Image):
+                return np.asarray(image.convert("RGB"))
+        return image
+
+    # --------------------------------------------------------------- folders
+    def predict_paths(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        out_dir: str | Path,
+        overlay: bool = False,
+        skip_existing: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> list[Path]:
+        """Segment a file, a folder (recursively) or a list of files; write palette PNG masks.
+
+        Args:
+            inputs: image file(s) or folder(s).
+            out_dir: output folder; masks go to ``<stem>.png``, overlays to ``overlays/<stem>.png``.
+            overlay: also write a colour overlay of the prediction on the image.
+            skip_existing: leave images whose mask already exists (resume an interrupted folder).
+            overwrite: replace existing masks (otherwise an existing mask is an error).
+            progress: show a progress bar.
+
+        Returns:
+            Paths of the masks written.
+        """
+        from ..report import overlay as make_overlay
+        from ..report import save_mask_png
+
+        files = collect_images(inputs)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        colors = self.colors
+        if not skip_existing and not overwrite:
+            taken = [f for f in files if (out_dir / f"{f.stem}.png").exists()]
+            if taken:
+                raise DataError(
+                    f"{out_dir / (taken[0].stem + '.png')}: already exists ({len(taken)} outputs would be "
+                    "replaced); pass --skip-existing to resume or --overwrite to replace"
+                )
+        written = []
+        skipped = 0
+        it = progress_iter(files, "predicting", total=len(files)) if progress else files
+        for f in it:
+            mask_path = out_dir / f"{f.stem}.png"
+            if skip_existing and mask_path.exists():
+                skipped += 1
+                continue
+            from ..data import read_image
+
+            image = read_image(f)
+            pred = self.predict(image)
+            save_mask_png(mask_path, pred, colors)
+            if overlay:
+                from PIL import Image
+
+                from .._io import atomic_path
+
+                ov = make_overlay(image, pred, colors, alpha=0.5, ignore_index=self.ignore_index)
+                (out_dir / "overlays").mkdir(exist_ok=True)
+                with atomic_path(out_dir / "overlays" / f"{f.stem}.png") as tmp:
+                    Image.fromarray(ov).save(tmp)
+            written.append(mask_path)
+        if skipped:
+            _log.info(f"skipped {skipped} image(s) whose mask already exists")
+        return written
+
+
+def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files under the given files/folders (case-insensitive extensions, hidden files skipped)."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files: list[Path] = []
+    stems: dict[str, Path] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                q for q in p.rglob("*")
+                if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and not q.name.startswith(".")
+            )
+            if not found:
+                raise DataError(f"{p}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    for f in files:
+        if f.stem in stems and stems[f.stem] != f:
+            raise DataError(f"{f}: same name as {stems[f.stem]}; both would write {f.stem}.png (predict them separately)")
+        stems[f.stem] = f
+    return files
+
+
+def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, **kwargs: Any) -> list[Path]:
+    """Segment images with a trained run; see :meth:`Predictor.predict_paths`."""
+    device = kwargs.pop("device", None)
+    return Predictor.from_run(run, device=device).predict_paths(inputs, out, **kwargs)
