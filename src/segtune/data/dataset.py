@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,8 +325,3 @@ class _progress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-
-def iter_masks(dataset: SegDataset) -> Iterable[np.ndarray]:
-    """Yield every mask ``(H, W)`` of ``dataset`` (cache used when loaded, nothing new cached)."""
-    for i in range(len(dataset)):
-        yield dataset.load_mask(i)

@@ -420,6 +420,3 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
         "name them in a dataset.yaml (classes:)"
     )
 
-
-def _np_unique(a: np.ndarray) -> np.ndarray:  # pragma: no cover - tiny helper kept for clarity
-    return np.unique(a)

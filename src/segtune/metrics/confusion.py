@@ -51,7 +51,9 @@ def _as_labels(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
             f"preds shape {tuple(preds.shape)} does not match target shape {tuple(target.shape)}"
         )
     if preds.is_floating_point():
-        raise ValueError("preds must be integer class indices (N, H, W) or float logits (N, C, H, W)")
+        raise ValueError(
+            "preds must be integer class indices (N, H, W) or float logits (N, C, H, W)"
+        )
     return preds
 
 
@@ -284,9 +286,7 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
     rows = metrics.get("per_class", [])
     total = sum(int(r.get("support", 0)) for r in rows)
     name_w = max([len("class")] + [len(str(r["name"])) for r in rows])
-    header = (
-        f"{'class':<{name_w}}  {'IoU':>8}{'Dice':>8}{'Prec':>8}{'Recall':>8}{'support':>9}"
-    )
+    header = f"{'class':<{name_w}}  {'IoU':>8}{'Dice':>8}{'Prec':>8}{'Recall':>8}{'support':>9}"
     lines = [header, "-" * len(header)]
     for r in rows:
         share = f"{100.0 * r['support'] / total:>8.2f}%" if total > 0 else f"{'N/A':>9}"

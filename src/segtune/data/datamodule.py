@@ -1,0 +1,313 @@
+"""Lightning data module: pairs, splits, subsets, caching policy and data loaders."""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import _log
+from ..errors import DataError
+from .dataset import Pair, SegDataset, estimate_cache_bytes, mask_storage_dtype, pad_collate
+from .transforms import eval_transforms, train_transforms
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+    from .spec import DatasetSpec
+
+__all__ = ["SegDataModule", "seed_worker"]
+
+# independent seeded streams, so changing one option does not reshuffle the others
+_STREAM_VAL_SPLIT = 0
+_STREAM_TRAIN_SUBSET = 1
+_STREAM_VAL_SUBSET = 2
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed NumPy and ``random`` from the worker's torch seed.
+
+    torch already gives each worker ``base_seed + worker_id`` (``base_seed`` drawn from the
+    loader's generator), so a seeded loader yields the same augmentations on every run.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class SegDataModule(L.LightningDataModule):
+    """Train/val data for one data set: pairing, splitting, subsetting, caching, loaders.
+
+    Args:
+        spec: the data set description (``splits['train']`` is required; ``splits['val']``
+            optional: without it ``data_cfg.val_fraction`` of the training pairs, at least
+            one, are held out with a seeded shuffle).
+        data_cfg: loader/augmentation/caching options (:class:`segtune.config.DataConfig`).
+        mean, std: per-channel normalisation (the encoder's pretrained statistics).
+        seed: seeds the val split, the ``max_*_images`` subsets and the training shuffle.
+        skip: image or mask paths to leave out (e.g. the bad pairs found by check-data when
+            ``data.skip_bad`` is set).
+
+    Raises:
+        DataError: (from :meth:`setup`) no train split, or a split without any pair.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        data_cfg: DataConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        seed: int,
+        skip: Iterable[Path] = frozenset(),
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.cfg = data_cfg
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.seed = int(seed)
+        self.skip = frozenset(_norm(p) for p in skip)
+        self.ignore_index = int(spec.ignore_index)
+        self.num_classes = int(spec.num_classes)
+        self._train_pairs: list[Pair] | None = None
+        self._val_pairs: list[Pair] | None = None
+        self._train_ds: SegDataset | None = None
+        self._val_ds: SegDataset | None = None
+        self._use_cache: bool = False
+        self._class_counts: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        """Find the pairs, split and subset them, pick the cache policy, build the datasets.
+
+        Idempotent: later calls (Lightning calls it once per stage) do nothing.
+        """
+        if self._train_ds is not None:
+            return
+        train, val = self._build_pairs()
+        self._use_cache = self._decide_cache(train + val)
+        self._train_pairs, self._val_pairs = train, val
+        self._train_ds = SegDataset(train, self.spec, self.train_transform(), cache=self._use_cache)
+        self._val_ds = SegDataset(val, self.spec, self.eval_transform(), cache=self._use_cache)
+
+    def _build_pairs(self) -> tuple[list[Pair], list[Pair]]:
+        splits = self.spec.splits
+        if "train" not in splits:
+            raise DataError(
+                f"{self.spec_source}: no 'train' split (add splits: {{train: {{images: DIR, masks: DIR}}}} "
+                "to dataset.yaml, or use a folder with images/ and masks/)"
+            )
+        train = self._split_pairs("train")
+        if "val" in splits and splits["val"].masks is not None:
+            val = self._split_pairs("val")
+        else:
+            if len(train) < 2:
+                raise DataError(
+                    f"{splits['train'].images}: only {len(train)} image/mask pair and no val split "
+                    "(add more pairs, or a val split in dataset.yaml)"
+                )
+            n_val = min(len(train) - 1, max(1, int(round(len(train) * float(self.cfg.val_fraction)))))
+            order = self._rng(_STREAM_VAL_SPLIT).permutation(len(train))
+            val_idx = set(order[:n_val].tolist())
+            val = [p for i, p in enumerate(train) if i in val_idx]
+            train = [p for i, p in enumerate(train) if i not in val_idx]
+            _log.info(
+                f"no val split: holding out {len(val)} of {len(train) + len(val)} training pairs for "
+                f"validation (val_fraction={self.cfg.val_fraction}, seed={self.seed}); "
+                f"{len(train)} left for training"
+            )
+        train = self._subset(train, self.cfg.max_train_images, _STREAM_TRAIN_SUBSET)
+        val = self._subset(val, self.cfg.max_val_images, _STREAM_VAL_SUBSET)
+        return train, val
+
+    def _split_pairs(self, name: str) -> list[Pair]:
+        from .pairing import find_pairs
+
+        split = self.spec.splits[name]
+        if split.masks is None:
+            raise DataError(
+                f"{self.spec_source}: split '{name}' has no masks folder (add masks: DIR under splits.{name})"
+            )
+        pairs, problems = find_pairs(split.images, split.masks)
+        if problems:
+            _log.warn(
+                f"{split.images}: {len(problems)} file(s) without a partner or unusable were left out of "
+                f"split '{name}' (run `segtune check-data` to list them)"
+            )
+        pairs = sorted((Path(i), Path(m)) for i, m in pairs)
+        n_all = len(pairs)
+        if self.skip:
+            pairs = [p for p in pairs if _norm(p[0]) not in self.skip and _norm(p[1]) not in self.skip]
+        if not pairs:
+            extra = f" ({n_all} found, all skipped as bad)" if n_all else ""
+            raise DataError(
+                f"{split.images}: no image/mask pairs for split '{name}'{extra} (put images there and "
+                f"masks with the same file names in {split.masks}; `segtune check-data` explains why)"
+            )
+        return pairs
+
+    def _subset(self, pairs: list[Pair], limit: int | None, stream: int) -> list[Pair]:
+        if limit is None or limit >= len(pairs):
+            return pairs
+        if limit < 1:
+            raise DataError(f"max images = {limit}: must be at least 1 (or unset to use all)")
+        keep = set(self._rng(stream).permutation(len(pairs))[: int(limit)].tolist())
+        return [p for i, p in enumerate(pairs) if i in keep]
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, stream])
+
+    def _decide_cache(self, pairs: list[Pair]) -> bool:
+        mode = self.cfg.cache
+        if mode == "ram":
+            return True
+        if mode == "none":
+            return False
+        itemsize = mask_storage_dtype(self.num_classes, self.ignore_index).itemsize
+        need = estimate_cache_bytes(pairs, mask_itemsize=itemsize)
+        budget = float(self.cfg.cache_max_gb) * 2**30
+        if need <= budget:
+            return True
+        _log.info(
+            f"decoded images need ~{need / 2**30:.1f} GiB > data.cache_max_gb={self.cfg.cache_max_gb}: "
+            "reading images from disk every epoch (raise data.cache_max_gb or set data.cache=ram to cache)"
+        )
+        return False
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def spec_source(self) -> str:
+        """Where the spec came from (dataset.yaml or root folder), for messages."""
+        return str(getattr(self.spec, "source", None) or self.spec.root)
+
+    @property
+    def train_pairs(self) -> list[Pair]:
+        """Training ``(image, mask)`` pairs after split, skip and subset (runs :meth:`setup`)."""
+        self.setup()
+        assert self._train_pairs is not None
+        return list(self._train_pairs)
+
+    @property
+    def val_pairs(self) -> list[Pair]:
+        """Validation ``(image, mask)`` pairs after split, skip and subset (runs :meth:`setup`)."""
+        self.setup()
+        assert self._val_pairs is not None
+        return list(self._val_pairs)
+
+    @property
+    def train_dataset(self) -> SegDataset:
+        """Training dataset (train transforms)."""
+        self.setup()
+        assert self._train_ds is not None
+        return self._train_ds
+
+    @property
+    def val_dataset(self) -> SegDataset:
+        """Validation dataset (eval transforms)."""
+        self.setup()
+        assert self._val_ds is not None
+        return self._val_ds
+
+    @property
+    def uses_cache(self) -> bool:
+        """Whether decoded images are kept in RAM (resolved from ``data.cache``)."""
+        self.setup()
+        return self._use_cache
+
+    def train_transform(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """The training transform built from the config."""
+        c = self.cfg
+        return train_transforms(
+            c.crop_size, self.mean, self.std, self.ignore_index,
+            scale=(c.scale_min, c.scale_max), hflip=c.hflip, color_jitter=c.color_jitter,
+        )
+
+    def eval_transform(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """The evaluation transform (normalise + pad to a multiple of 32)."""
+        return eval_transforms(self.mean, self.std, self.ignore_index)
+
+    def dataset(self, split: str, transform: Callable[[dict[str, Any]], dict[str, Any]] | None) -> SegDataset:
+        """The ``train`` or ``val`` pairs with another transform, sharing the RAM cache.
+
+        E.g. ``dm.dataset("train", flip_only_transforms(dm.mean, dm.std, dm.ignore_index, p=0))``.
+        """
+        if split == "train":
+            return self.train_dataset.with_transform(transform)
+        if split == "val":
+            return self.val_dataset.with_transform(transform)
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+
+    def collate_fn(self) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
+        """``pad_collate`` bound to this data set's ignore_index (picklable)."""
+        return functools.partial(pad_collate, ignore_index=self.ignore_index)
+
+    def preload(self, progress: bool = True) -> None:
+        """Decode train and val into the RAM cache now (no-op when caching is off)."""
+        self.train_dataset.preload(progress=progress)
+        self.val_dataset.preload(progress=progress)
+
+    # ------------------------------------------------------------------ statistics
+    def class_pixel_counts(self) -> np.ndarray:
+        """Labelled pixels per class over the training masks (ignore excluded; memoised).
+
+        Uses cached masks when loaded; otherwise reads masks only (fills nothing).
+
+        Returns:
+            ``(C,)`` int64 counts.
+        """
+        if self._class_counts is None:
+            ds = self.train_dataset
+            counts = np.zeros(self.num_classes, dtype=np.int64)
+            for i in range(len(ds)):
+                m = ds.load_mask(i).ravel()
+                m = m[(m >= 0) & (m < self.num_classes)]
+                counts += np.bincount(m.astype(np.intp, copy=False), minlength=self.num_classes)[
+                    : self.num_classes
+                ]
+            self._class_counts = counts
+        return self._class_counts.copy()
+
+    # ------------------------------------------------------------------ loaders
+    def _loader_kwargs(self) -> dict[str, Any]:
+        nw = int(self.cfg.num_workers)
+        kw: dict[str, Any] = {
+            "num_workers": nw,
+            "collate_fn": self.collate_fn(),
+            "pin_memory": torch.cuda.is_available(),
+        }
+        if nw > 0:
+            kw["persistent_workers"] = True
+            kw["worker_init_fn"] = seed_worker
+        return kw
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded generator), random-crop batches; drops the last partial batch
+        only when there is more than one batch."""
+        ds = self.train_dataset
+        bs = int(self.cfg.batch_size)
+        gen = torch.Generator()
+        gen.manual_seed(self.seed)
+        return DataLoader(
+            ds, batch_size=bs, shuffle=True, generator=gen, drop_last=len(ds) > bs, **self._loader_kwargs()
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Full-size validation batches in file order (padded to a multiple of 32)."""
+        return DataLoader(
+            self.val_dataset, batch_size=int(self.cfg.val_batch_size), shuffle=False, **self._loader_kwargs()
+        )
+
+
+def _norm(p: Path | str) -> Path:
+    p = Path(p)
+    try:
+        return p.resolve()
+    except OSError:  # pragma: no cover
+        return p.absolute()

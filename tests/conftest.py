@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny generated data sets and a few CamVid images (skipped without ../shared)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"]
+
+
+def make_squares_dataset(root: Path, n_train: int = 12, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
+    """Two classes: bright textured squares (1) on dark noise (0); writes dataset.yaml."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            for _ in range(2):
+                s = int(rng.integers(size // 6, size // 3))
+                y, x = rng.integers(0, size - s, 2)
+                mask[y : y + s, x : x + s] = 1
+            img[mask == 1] = rng.integers(150, 255, (int(mask.sum()), 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / split / "images" / f"{i:03d}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i:03d}.png")
+    (root / "dataset.yaml").write_text(
+        "name: squares\nclasses: [background, square]\ncolors: [[0, 0, 0], [255, 0, 0]]\n"
+        "ignore_index: 255\nsplits:\n  train: {images: train/images, masks: train/masks}\n"
+        "  val: {images: val/images, masks: val/masks}\n"
+    )
+    return root
+
+
+@pytest.fixture
+def squares(tmp_path: Path) -> Path:
+    return make_squares_dataset(tmp_path / "squares")
+
+
+@pytest.fixture
+def camvid_small(tmp_path: Path) -> Path:
+    """4 train + 2 val CamVid images (symlinked) with a dataset.yaml."""
+    if not CAMVID.is_dir():
+        pytest.skip("../shared/data/camvid not present")
+    root = tmp_path / "camvid_small"
+    for split, ann, n in (("train", "trainannot", 4), ("val", "valannot", 2)):
+        names = sorted(os.listdir(CAMVID / split))[:n]
+        for folder in (split, ann):
+            (root / folder).mkdir(parents=True)
+            for name in names:
+                (root / folder / name).symlink_to(CAMVID / folder / name)
+    colors = "[[128,128,128],[128,0,0],[192,192,128],[128,64,128],[60,40,222],[128,128,0],[192,128,128],[64,64,128],[64,0,128],[64,64,0],[0,128,192]]"
+    (root / "dataset.yaml").write_text(
+        f"name: camvid-small\nclasses: [{', '.join(CAMVID_CLASSES)}]\ncolors: {colors}\nignore_index: 11\n"
+        "mask_format: index\nsplits:\n  train: {images: train, masks: trainannot}\n  val: {images: val, masks: valannot}\n"
+    )
+    return root

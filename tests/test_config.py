@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from segtune.config import Config, apply_overrides
+from segtune.errors import ConfigError
+
+
+def test_defaults_validate_and_roundtrip(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.data.root = "somewhere"
+    cfg.validate()
+    p = tmp_path / "c.yaml"
+    p.write_text(cfg.to_yaml())
+    again = Config.from_yaml(p)
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_overrides_parse_types() -> None:
+    cfg = apply_overrides(Config(), ["optim.lr=3e-4", "train.max_steps=7", "data.hflip=false", "strategy.stage_lr_decay=0.5"])
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.train.max_steps == 7
+    assert cfg.data.hflip is False
+    assert cfg.strategy.stage_lr_decay == 0.5
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
+        (["strategy.name=headd"], "did you mean 'head'"),
+        (["optim.lrr=1"], "valid: optimizer, lr"),
+        (["data.crop_size=100"], "multiple of 32"),
+        (["train.epochs=abc"], "must be an integer"),
+    ],
+)
+def test_bad_values_name_key_and_fix(override: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(Config(), override).validate()
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_section_in_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("optimiser:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match="did you mean 'optim'"):
+        Config.from_yaml(p)
