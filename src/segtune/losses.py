@@ -81,7 +81,8 @@ class _SegLoss(nn.Module):
                 raise ValueError(
                     f"class weights have {weight.numel()} entries for {self.num_classes} classes"
                 )
-        self.register_buffer("weight", weight)
+        # not persistent: derived from the data, kept out of checkpoints/state dicts
+        self.register_buffer("weight", weight, persistent=False)
 
     def _valid(self, target: Tensor) -> Tensor:
         """(N, H, W) bool mask of labelled pixels."""

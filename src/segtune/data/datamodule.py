@@ -94,8 +94,9 @@ class SegDataModule(L.LightningDataModule):
         train, val = self._build_pairs()
         self._use_cache = self._decide_cache(train + val)
         self._train_pairs, self._val_pairs = train, val
-        self._train_ds = SegDataset(train, self.spec, self.train_transform(), cache=self._use_cache)
-        self._val_ds = SegDataset(val, self.spec, self.eval_transform(), cache=self._use_cache)
+        mp = getattr(self.cfg, "max_pixels", None)
+        self._train_ds = SegDataset(train, self.spec, self.train_transform(), self._use_cache, mp)
+        self._val_ds = SegDataset(val, self.spec, self.eval_transform(), self._use_cache, mp)
 
     def _build_pairs(self) -> tuple[list[Pair], list[Pair]]:
         splits = self.spec.splits
@@ -136,20 +137,22 @@ class SegDataModule(L.LightningDataModule):
                 f"{self.spec_source}: split '{name}' has no masks folder (add masks: DIR under splits.{name})"
             )
         pairs, problems = find_pairs(split.images, split.masks)
-        if problems:
-            _log.warn(
-                f"{split.images}: {len(problems)} file(s) without a partner or unusable were left out of "
-                f"split '{name}' (run `segtune check-data` to list them)"
-            )
         pairs = sorted((Path(i), Path(m)) for i, m in pairs)
         n_all = len(pairs)
         if self.skip:
             pairs = [p for p in pairs if _norm(p[0]) not in self.skip and _norm(p[1]) not in self.skip]
         if not pairs:
-            extra = f" ({n_all} found, all skipped as bad)" if n_all else ""
+            why = f"{n_all} found, all skipped as bad; " if n_all else ""
+            if problems:
+                why += f"first problem: {problems[0]}; "
             raise DataError(
-                f"{split.images}: no image/mask pairs for split '{name}'{extra} (put images there and "
+                f"{split.images}: no image/mask pairs for split '{name}' ({why}put images there and "
                 f"masks with the same file names in {split.masks}; `segtune check-data` explains why)"
+            )
+        if problems:
+            _log.warn(
+                f"split '{name}': {len(problems)} pairing problem(s), e.g. {problems[0]}; unpaired or "
+                "ambiguous files are left out (run `segtune check-data` to list them all)"
             )
         return pairs
 

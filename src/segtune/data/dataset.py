@@ -100,6 +100,8 @@ class SegDataset(Dataset):
         transform: joint transform for the dict sample, or ``None``.
         cache: keep decoded arrays in RAM after the first access (per process; see the
             module docstring about DataLoader workers and :meth:`preload`).
+        max_pixels: refuse images above this many pixels (``DataConfig.max_pixels``);
+            ``None`` keeps the reader's default.
 
     Raises:
         DataError: (on access) image and mask sizes differ, or a mask holds a label outside
@@ -112,11 +114,13 @@ class SegDataset(Dataset):
         spec: DatasetSpec,
         transform: Callable[[Sample], Sample] | None = None,
         cache: bool = True,
+        max_pixels: int | None = None,
     ) -> None:
         self.pairs: list[Pair] = [(Path(i), Path(m)) for i, m in pairs]
         self.spec = spec
         self.transform = transform
         self.cache = bool(cache)
+        self.max_pixels = max_pixels
         self.num_classes = int(spec.num_classes)
         self.ignore_index = int(spec.ignore_index)
         self.mask_dtype = mask_storage_dtype(self.num_classes, self.ignore_index)
@@ -181,14 +185,18 @@ class SegDataset(Dataset):
             return hit[1]
         from . import decode
 
-        return self._check_mask(decode.read_mask(self.pairs[index][1], self.spec), index)
+        return self._check_mask(decode.read_mask(self.pairs[index][1], self.spec, **self._limits()), index)
+
+    def _limits(self) -> dict[str, int]:
+        return {} if self.max_pixels is None else {"max_pixels": int(self.max_pixels)}
 
     def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         from . import decode
 
         img_path, mask_path = self.pairs[index]
-        image = np.ascontiguousarray(decode.read_image(img_path), dtype=np.uint8)
-        mask = self._check_mask(decode.read_mask(mask_path, self.spec), index)
+        # writable + C-contiguous: torch.from_numpy warns about read-only arrays (Pillow's are)
+        image = np.require(decode.read_image(img_path, **self._limits()), np.uint8, ["C", "W"])
+        mask = self._check_mask(decode.read_mask(mask_path, self.spec, **self._limits()), index)
         if image.shape[:2] != mask.shape[:2]:
             raise DataError(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {img_path.name} is "
@@ -208,7 +216,7 @@ class SegDataset(Dataset):
                     f"and not ignore_index={self.ignore_index} (fix the mask or the classes in "
                     "dataset.yaml; `segtune check-data` lists all such files)"
                 )
-        return np.ascontiguousarray(mask, dtype=self.mask_dtype)
+        return np.require(mask, self.mask_dtype, ["C", "W"])
 
     # ------------------------------------------------------------------ cache
     @property
@@ -311,7 +319,13 @@ class _progress:
         if not self.show:
             return lambda: None
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

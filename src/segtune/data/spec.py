@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from .. import _log
@@ -41,7 +40,15 @@ __all__ = [
 
 MASK_FORMATS = ("auto", "index", "palette", "rgb", "binary")
 SPLIT_NAMES = ("train", "val", "test")
-DATASET_KEYS = ("name", "classes", "colors", "ignore_index", "mask_format", "splits", "ignore_color")
+DATASET_KEYS = (
+    "name",
+    "classes",
+    "colors",
+    "ignore_index",
+    "mask_format",
+    "splits",
+    "ignore_color",
+)
 SPLIT_KEYS = ("images", "masks")
 _YAML_NAMES = ("dataset.yaml", "dataset.yml")
 
@@ -138,7 +145,9 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{p}: data set not found (give a folder with dataset.yaml, or a dataset.yaml file)")
+        raise DataError(
+            f"{p}: data set not found (give a folder with dataset.yaml, or a dataset.yaml file)"
+        )
     if p.is_file():
         return _from_yaml(p)
     for n in _YAML_NAMES:
@@ -260,7 +269,9 @@ def _from_yaml(yaml_path: Path) -> DatasetSpec:
         _validate(spec)
         return spec
     if not isinstance(classes, list) or not classes:
-        raise ConfigError(f"{yaml_path}: classes must be a non-empty list of names, got {classes!r}")
+        raise ConfigError(
+            f"{yaml_path}: classes must be a non-empty list of names, got {classes!r}"
+        )
     classes = [str(c) for c in classes]
     dups = sorted({c for c in classes if classes.count(c) > 1})
     if dups:
@@ -303,7 +314,9 @@ def _validate(spec: DatasetSpec) -> None:
                 )
             seen[col] = i
         if spec.ignore_color is not None and spec.ignore_color in seen:
-            raise ConfigError(f"{src}: ignore_color {list(spec.ignore_color)} is also a class colour")
+            raise ConfigError(
+                f"{src}: ignore_color {list(spec.ignore_color)} is also a class colour"
+            )
     if spec.mask_format == "rgb" and spec.colors is None:
         raise ConfigError(f"{src}: mask_format: rgb needs colors: (one [r, g, b] per class)")
     if spec.mask_format == "binary" and c != 2:
@@ -320,7 +333,9 @@ def _parse_colors(src: Path, raw: Any, key: str) -> list[tuple[int, int, int]] |
         if (
             not isinstance(col, (list, tuple))
             or len(col) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in col)
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in col
+            )
         ):
             raise ConfigError(f"{src}: {key} entry {col!r} is not [r, g, b] with integers 0..255")
         out.append((int(col[0]), int(col[1]), int(col[2])))
@@ -329,7 +344,7 @@ def _parse_colors(src: Path, raw: Any, key: str) -> list[tuple[int, int, int]] |
 
 def _resolve(root: Path, p: Any) -> Path:
     q = Path(str(p)).expanduser()
-    return q if q.is_absolute() else (root / q)
+    return (q if q.is_absolute() else root / q).resolve()
 
 
 # ------------------------------------------------------------ no yaml
@@ -361,7 +376,9 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
 
     split = spec.splits.get("train") or next(iter(spec.splits.values()))
     if split.masks is None:
-        raise ConfigError(f"{spec.source}: no classes: given and no masks to infer them from (add classes:)")
+        raise ConfigError(
+            f"{spec.source}: no classes: given and no masks to infer them from (add classes:)"
+        )
     files, _ = list_files(split.masks, kind="mask")
     values: set[int] = set()
     palette: list[tuple[int, int, int]] | None = None
@@ -386,7 +403,9 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
         )
     vals_sorted = sorted(values)
     if min(vals_sorted) < 0:
-        raise DataError(f"{split.masks}: masks hold negative values {vals_sorted[:5]} (class ids must be >= 0)")
+        raise DataError(
+            f"{split.masks}: masks hold negative values {vals_sorted[:5]} (class ids must be >= 0)"
+        )
     if spec.mask_format in ("auto", "binary") and values <= {0, 255} and 255 in values:
         spec.classes = ["class_0", "class_1"]
         spec.mask_format = "binary"
@@ -419,4 +438,3 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
         f"({', '.join(spec.classes[:6])}{', ...' if spec.num_classes > 6 else ''}); "
         "name them in a dataset.yaml (classes:)"
     )
-

@@ -32,12 +32,11 @@ _TINTS = (
     (0.95, 0.35, 0.30), (0.30, 0.55, 1.00), (0.45, 0.95, 0.35), (1.00, 0.85, 0.25),
     (0.75, 0.40, 0.95), (1.00, 0.60, 0.20), (0.30, 0.95, 0.95),
 )
-_TEXTURES = ("brick", "gravel", "grass", "coins", "camera", "moon", "clock")
-_BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
-                "camera", "coins", "clock", "moon", "page")
+_TEXTURES = ("brick", "gravel", "grass", "coins", "moon", "cell", "text")
+_BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera", "clock")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     """A bundled scikit-image photo as ``(H, W, 3) uint8`` (gray photos replicated)."""
     from skimage import data

@@ -1,0 +1,278 @@
+"""Pairing images with masks by file stem, and the :class:`Problem` record used by check-data.
+
+Rules:
+
+* Extensions are matched case-insensitively. Images: png, jpg, jpeg, tif, tiff, bmp, webp.
+  Masks: png, tif, tiff (jpg/jpeg accepted with a warning: lossy compression corrupts edges).
+* Stems are compared after Unicode NFC normalisation, so ``café.png`` matches ``café.png`` whichever
+  way the file system stored the accent; spaces and non-ASCII names are fine.
+* A mask named ``<stem>_mask`` / ``_label`` / ``_gt`` / ``_L`` (and a few more) is paired with image
+  ``<stem>`` when there is no exact match.
+* Hidden files (``.DS_Store``, ``._x.jpg``) are ignored, symlinks are followed, broken ones reported.
+* Two images (or two masks) with the same stem are ambiguous: reported with all candidates and
+  left out.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Problem",
+    "IMAGE_EXTS",
+    "MASK_EXTS",
+    "LOSSY_MASK_EXTS",
+    "MASK_SUFFIXES",
+    "list_files",
+    "find_pairs",
+    "stem_key",
+]
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+MASK_EXTS = frozenset({".png", ".tif", ".tiff"})
+LOSSY_MASK_EXTS = frozenset({".jpg", ".jpeg"})
+MASK_SUFFIXES = (
+    "_mask",
+    "-mask",
+    "_masks",
+    "_label",
+    "-label",
+    "_labels",
+    "_labelids",
+    "_gt",
+    "_seg",
+    "_segmentation",
+    "_annot",
+    "_annotation",
+    "_l",
+)
+
+
+@dataclass
+class Problem:
+    """One problem found in a data set, printed on one line.
+
+    Attributes:
+        path: the file or folder concerned.
+        message: what is wrong.
+        hint: how to fix it (may be empty).
+        level: ``"error"`` (the pair cannot be used / the data set is wrong) or ``"warning"``.
+    """
+
+    path: str
+    message: str
+    hint: str = ""
+    level: str = "error"
+
+    def __str__(self) -> str:
+        p = str(self.path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return f"{p}: {self.message}" + (f" ({self.hint})" if self.hint else "")
+
+    @property
+    def is_error(self) -> bool:
+        """True for ``level == "error"``."""
+        return self.level == "error"
+
+
+def stem_key(path: Path | str) -> str:
+    """Matching key of a file: its stem, NFC-normalised (case kept)."""
+    return unicodedata.normalize("NFC", Path(path).stem)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_files(folder: str | Path, kind: str = "image") -> tuple[list[Path], list[Problem]]:
+    """List the image (or mask) files directly inside ``folder``.
+
+    Args:
+        folder: folder to list (not recursive; symlinks followed).
+        kind: ``"image"`` or ``"mask"`` (selects the accepted extensions; masks also take jpg).
+
+    Returns:
+        ``(files, problems)``: files sorted by name; problems for a missing or empty folder and
+        for broken or looping symlinks.
+    """
+    folder = Path(folder)
+    exts = IMAGE_EXTS if kind == "image" else (MASK_EXTS | LOSSY_MASK_EXTS)
+    problems: list[Problem] = []
+    if not folder.exists():
+        return [], [
+            Problem(str(folder), f"{kind}s folder not found", "check the splits: in dataset.yaml")
+        ]
+    if not folder.is_dir():
+        return [], [
+            Problem(
+                str(folder), f"{kind}s folder is not a folder", "check the splits: in dataset.yaml"
+            )
+        ]
+    files: list[Path] = []
+    other_exts: dict[str, int] = {}
+    n_subdirs = 0
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        return [], [
+            Problem(str(folder), f"cannot list folder ({e.strerror or e})", "check permissions")
+        ]
+    for entry in entries:
+        name = entry.name
+        if _is_hidden(name):
+            continue
+        path = folder / name
+        if entry.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as e:
+                loop = e.errno == errno.ELOOP
+                problems.append(
+                    Problem(
+                        str(path),
+                        "symbolic link loop" if loop else "broken symbolic link (target missing)",
+                        "point the link at an existing file, or remove it",
+                    )
+                )
+                continue
+        try:
+            is_file = entry.is_file()  # follows symlinks
+            is_dir = not is_file and entry.is_dir()
+        except OSError:
+            continue
+        if is_dir:
+            n_subdirs += 1
+            continue
+        if not is_file:
+            continue
+        ext = Path(name).suffix.lower()
+        if ext in exts:
+            files.append(path)
+        else:
+            other_exts[ext or "(none)"] = other_exts.get(ext or "(none)", 0) + 1
+    if not files:
+        extra = []
+        if other_exts:
+            extra.append(
+                f"{sum(other_exts.values())} file(s) with other extensions: "
+                + ", ".join(sorted(other_exts))
+            )
+        if n_subdirs:
+            extra.append(f"{n_subdirs} subfolder(s), which are not searched")
+        accepted = ", ".join(sorted(e.lstrip(".") for e in exts))
+        problems.append(
+            Problem(
+                str(folder),
+                f"no {kind} files found" + (f" ({'; '.join(extra)})" if extra else ""),
+                f"accepted extensions: {accepted}",
+            )
+        )
+    return files, problems
+
+
+def _group(files: list[Path]) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for f in files:
+        out.setdefault(stem_key(f), []).append(f)
+    return out
+
+
+def _strip_suffix(stem: str) -> str | None:
+    low = stem.lower()
+    for s in MASK_SUFFIXES:
+        if low.endswith(s) and len(stem) > len(s):
+            return stem[: -len(s)]
+    return None
+
+
+def find_pairs(
+    images_dir: str | Path, masks_dir: str | Path
+) -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """Pair images with masks by file stem.
+
+    Args:
+        images_dir: folder of images.
+        masks_dir: folder of masks.
+
+    Returns:
+        ``(pairs, problems)``: ``(image, mask)`` paths sorted by stem, and the problems found:
+        missing/empty folder (error), broken symlink (error), same stem used twice (error, all
+        candidates listed), image without mask and mask without image (warnings: skipped),
+        JPEG masks (one warning per folder).
+    """
+    images, problems = list_files(images_dir, "image")
+    masks, mproblems = list_files(masks_dir, "mask")
+    problems += mproblems
+    img_by = _group(images)
+    mask_by = _group(masks)
+
+    # Masks named <stem>_mask etc. pair with image <stem> when nothing matches exactly.
+    for key in list(mask_by):
+        if key in img_by:
+            continue
+        base = _strip_suffix(key)
+        if base is not None and base in img_by:
+            mask_by.setdefault(base, []).extend(mask_by.pop(key))
+
+    pairs: list[tuple[Path, Path]] = []
+    for key, group in img_by.items():
+        if len(group) > 1:
+            problems.append(
+                Problem(
+                    str(group[0].parent / key),
+                    f"ambiguous: {len(group)} images share the stem '{key}': "
+                    + ", ".join(p.name for p in group),
+                    "rename or remove all but one",
+                )
+            )
+            continue
+        if key not in mask_by:
+            if not masks:
+                continue  # the empty/missing masks folder is reported once
+            problems.append(
+                Problem(
+                    str(group[0]),
+                    "image has no mask (skipped)",
+                    f"add {key}.png to {masks_dir}",
+                    level="warning",
+                )
+            )
+            continue
+        mgroup = mask_by[key]
+        if len(mgroup) > 1:
+            problems.append(
+                Problem(
+                    str(mgroup[0].parent / key),
+                    f"ambiguous: {len(mgroup)} masks match image {group[0].name}: "
+                    + ", ".join(p.name for p in mgroup),
+                    "rename or remove all but one",
+                )
+            )
+            continue
+        pairs.append((group[0], mgroup[0]))
+    for key, mgroup in mask_by.items():
+        if key not in img_by and images:
+            for m in mgroup:
+                problems.append(
+                    Problem(
+                        str(m),
+                        "mask has no image (skipped)",
+                        f"add the image to {images_dir}, or remove the mask",
+                        level="warning",
+                    )
+                )
+    lossy = [m for _, m in pairs if m.suffix.lower() in LOSSY_MASK_EXTS]
+    if lossy:
+        problems.append(
+            Problem(
+                str(masks_dir),
+                f"{len(lossy)} mask(s) are JPEG (e.g. {lossy[0].name}): lossy compression puts stray values on class edges",
+                "save masks as PNG",
+                level="warning",
+            )
+        )
+    pairs.sort(key=lambda p: (stem_key(p[0]), str(p[0])))
+    return pairs, problems
