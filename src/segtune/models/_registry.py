@@ -21,7 +21,9 @@ T = TypeVar("T")
 
 def did_you_mean(name: str, valid: list[str] | tuple[str, ...]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest valid name, or ``""``."""
-    close = difflib.get_close_matches(str(name).lower(), [v.lower() for v in valid], n=1, cutoff=0.5)
+    close = difflib.get_close_matches(
+        str(name).lower(), [v.lower() for v in valid], n=1, cutoff=0.5
+    )
     if not close:
         return ""
     original = next(v for v in valid if v.lower() == close[0])

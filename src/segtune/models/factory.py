@@ -235,7 +235,9 @@ def _check_timm_encoder(encoder: str) -> str:
     return name
 
 
-def _timm_norm_constants(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def _timm_norm_constants(
+    name: str,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     import timm
 
     try:
@@ -340,7 +342,13 @@ def _torchvision_encoder(arch: str, backbone: str, encoder: str) -> None:
         )
 
 
-_RESNET_STAGES = [["conv1", "bn1", "relu"], ["maxpool", "layer1"], ["layer2"], ["layer3"], ["layer4"]]
+_RESNET_STAGES = [
+    ["conv1", "bn1", "relu"],
+    ["maxpool", "layer1"],
+    ["layer2"],
+    ["layer3"],
+    ["layer4"],
+]
 
 
 def _tv_resnet50(arch: str, fn_name: str, encoder: str, num_classes: int) -> _Spec:
@@ -449,4 +457,3 @@ def create_model(
         model, weights, bundled_variant=spec.bundled_variant, imagenet_hint=spec.imagenet_hint
     )
     return model
-

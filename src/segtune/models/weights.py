@@ -114,7 +114,11 @@ def remap_efficientnet_lite(
     """
     counts, shapes = _timm_block_layout(variant)
     flat_to_stage: list[tuple[int, int]] = [(s, j) for s, n in enumerate(counts) for j in range(n)]
-    expanding = {int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k)) and m.group(2) == "_expand_conv"}
+    expanding = {
+        int(m.group(1))
+        for k in state
+        if (m := _BLOCK_KEY.match(k)) and m.group(2) == "_expand_conv"
+    }
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         m = _BLOCK_KEY.match(key)
@@ -127,13 +131,17 @@ def remap_efficientnet_lite(
                 )
             table = _IR_BLOCK if i in expanding else _DS_BLOCK
             if layer not in table:
-                raise WeightsError(f"{source}: unexpected tensor {key!r} (not an EfficientNet-Lite checkpoint?)")
+                raise WeightsError(
+                    f"{source}: unexpected tensor {key!r} (not an EfficientNet-Lite checkpoint?)"
+                )
             s, j = flat_to_stage[i]
             new = f"blocks.{s}.{j}.{table[layer]}.{rest}"
         else:
             head, _, rest = key.partition(".")
             if head not in _TOP:
-                raise WeightsError(f"{source}: unexpected tensor {key!r} (not an EfficientNet-Lite checkpoint?)")
+                raise WeightsError(
+                    f"{source}: unexpected tensor {key!r} (not an EfficientNet-Lite checkpoint?)"
+                )
             new = f"{_TOP[head]}.{rest}"
         out[new] = value
     missing = sorted(set(shapes) - set(out))
@@ -221,7 +229,9 @@ def load_state_file(path: str | Path) -> dict[str, Tensor]:
     if not path.exists():
         raise WeightsError(f"{path}: weights file not found (check model.weights)")
     if path.is_dir():
-        raise WeightsError(f"{path}: is a folder, not a weights file ({hint}, or a segtune run folder)")
+        raise WeightsError(
+            f"{path}: is a folder, not a weights file ({hint}, or a segtune run folder)"
+        )
     if path.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import load_file

@@ -180,9 +180,23 @@ class Strategy:
             decay = [p for _, p in unit.params if p.ndim > 1]
             no_decay = [p for _, p in unit.params if p.ndim <= 1]
             if decay:
-                groups.append({"name": unit.name, "params": decay, "lr": lr, "weight_decay": float(weight_decay)})
+                groups.append(
+                    {
+                        "name": unit.name,
+                        "params": decay,
+                        "lr": lr,
+                        "weight_decay": float(weight_decay),
+                    }
+                )
             if no_decay:
-                groups.append({"name": f"{unit.name}.no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
+                groups.append(
+                    {
+                        "name": f"{unit.name}.no_decay",
+                        "params": no_decay,
+                        "lr": lr,
+                        "weight_decay": 0.0,
+                    }
+                )
         return groups
 
     def set_trainable(self, model: SegModel, epoch: int) -> None:
@@ -201,7 +215,9 @@ class Strategy:
         """Keep the norm layers of frozen stages in eval mode; others follow ``model.training``."""
         trainable = set(self.trainable_stages(epoch))
         stages = model.encoder_stages()
-        frozen = [m for k, mods in enumerate(stages) if k not in trainable for m in norm_layers(mods)]
+        frozen = [
+            m for k, mods in enumerate(stages) if k not in trainable for m in norm_layers(mods)
+        ]
         model.set_frozen_norms(frozen)
 
     def apply(self, model: SegModel, epoch: int) -> None:
@@ -224,7 +240,14 @@ class Strategy:
         for unit in self.units():
             total = sum(p.numel() for _, p in unit.params)
             on = unit.stage is None or unit.stage in trainable
-            rows.append({"group": unit.name, "trainable": total if on else 0, "total": total, "lr": self.unit_lr(unit)})
+            rows.append(
+                {
+                    "group": unit.name,
+                    "trainable": total if on else 0,
+                    "total": total,
+                    "lr": self.unit_lr(unit),
+                }
+            )
         return rows
 
     def __repr__(self) -> str:
