@@ -174,7 +174,7 @@ def train(
     if cfg.loss.class_weights != "none":
         cw = class_weights_from_counts(dm.class_pixel_counts(), cfg.loss.class_weights)
         if cw is not None:
-            _log.info("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(spec.classes, cw.tolist())))
+            _log.info("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(spec.classes, cw.tolist(), strict=True)))
     loss = build_loss(cfg.loss, spec.num_classes, spec.ignore_index, cw)
     strategy = build_strategy(model, cfg.strategy, cfg.optim.lr)
     summary = _print_strategy(strategy, model)

@@ -25,7 +25,13 @@ def progress_iter(items: Iterable[T], description: str, total: int | None = None
     if not sys.stderr.isatty():
         yield from items
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -87,7 +93,7 @@ class Predictor:
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} {image.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255)
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div_(255)
         return (x - self.mean) / self.std
 
     @torch.inference_mode()
