@@ -116,6 +116,7 @@ def train(
     from ..strategies import build_strategy
 
     t_start = time.perf_counter()
+    _quiet_lightning()
     ckpt_path: str | None = None
     if resume is not None:
         run_dir = Path(resume)
@@ -267,6 +268,17 @@ def train(
         f"results in {run_dir}"
     )
     return Run(dir=run_dir, metrics=metrics, history=history.rows, summary=summary)
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's banner lines (GPU available, tips) out of the user's terminal."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
 
 def _write_overlays(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], pairs: list, spec: Any) -> None:
