@@ -27,14 +27,16 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "epochs": ("train.epochs", int, "maximum epochs"),
     "max_steps": ("train.max_steps", int, "stop after this many optimiser steps"),
     "lr": ("optim.lr", float, "learning rate of the decoder/head"),
-    "batch_size": ("data.batch_size", int, "training batch size"),
+    "batch_size": ("data.batch_size", int, "training batch size (per device: DDP's global batch is devices x nodes x this)"),
     "crop_size": ("data.crop_size", int, "training crop side (multiple of 32)"),
     "loss": ("loss.name", str, "ce | dice | focal | ce+dice"),
     "class_weights": ("loss.class_weights", str, "none | inverse | median"),
     "seed": ("train.seed", int, "random seed (a CPU run repeats exactly)"),
     "out": ("train.out", str, "parent folder of run folders (default runs)"),
     "name": ("train.name", str, "run folder name"),
-    "devices": ("train.devices", int, "number of devices"),
+    "accelerator": ("train.accelerator", str, "cpu | gpu | auto (default: a GPU when there is one)"),
+    "devices": ("train.devices", int, "devices per machine; more than one in all trains with DDP (docs/cluster.md)"),
+    "num_nodes": ("train.num_nodes", int, "machines (e.g. Slurm nodes); DDP runs devices x nodes processes"),
     "num_workers": ("data.num_workers", int, "data-loader worker processes"),
     "max_pixels": ("data.max_pixels", int, "refuse images above this many pixels"),
 }
@@ -66,10 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
     t.add_argument("--skip-bad", action="store_true", help="train on the usable pairs when the data has problems")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="DDP on GPUs: BatchNorm statistics over the global batch (train.sync_batchnorm)")
 
     c = sub.add_parser("check-data", help="list every problem in a data set at once, with class frequencies")
     c.add_argument("data", help="data set folder or dataset.yaml")
     c.add_argument("--max-pixels", type=int, default=180_000_000, help="largest image accepted (pixels)")
+    c.add_argument("--strict", action="store_true",
+                   help="report images without masks and masks without images as errors, not warnings")
+    c.add_argument("--unknown-as-ignore", action="store_true",
+                   help="RGB masks: read colours missing from colors: as ignore_index "
+                        "(like unknown_as_ignore: true in dataset.yaml)")
 
     e = sub.add_parser("evaluate", help="per-class metrics of a trained run on a data set")
     e.add_argument("run", help="run folder written by segtune train")
@@ -88,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace existing masks")
     pr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     pr.add_argument("--tile-size", type=int, default=1024, help="tile side for very large images")
+    pr.add_argument("--shard", metavar="I/N",
+                    help="predict only shard I of N (0-based: the sorted image list, every N-th from I), "
+                         "e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT in a job array")
+    pr.add_argument("--max-pixels", type=int, default=180_000_000,
+                    help="largest image accepted (pixels); larger ones are refused (decompression-bomb guard)")
 
     d = sub.add_parser("demo", help="train head vs scratch on a generated (or given) data set and compare")
     d.add_argument("--data", help="use a small subset of this data set instead of the generated one")
@@ -117,6 +131,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         overrides["data.skip_bad"] = True
     if a.no_progress:
         overrides["train.progress"] = False
+    if a.sync_bn:
+        overrides["train.sync_batchnorm"] = True
     from .config import _split_override
 
     for o in a.overrides:
@@ -128,15 +144,57 @@ def _cmd_train(a: argparse.Namespace) -> int:
         if not a.data and not a.config:
             raise SegtuneError("train: give the data set folder, e.g. `segtune train path/to/data`")
         cfg = Config.from_yaml(a.config) if a.config else Config()
-        run = train(cfg, overrides=overrides)
-    print(f"val mIoU {run.metrics.get('miou', float('nan')):.4f}  ->  {run.dir}")
+        out = Path(str(overrides.get("train.out") or cfg.train.out))
+        before = _children(out)
+        try:
+            run = train(cfg, overrides=overrides)
+        except SegtuneError:
+            _remove_unstarted_runs(out, before)
+            raise
+    if run.metrics:  # DDP ranks other than 0 return no metrics and print nothing
+        print(f"val mIoU {run.metrics.get('miou', float('nan')):.4f}  ->  {run.dir}")
     return 0
 
 
-def _cmd_check(a: argparse.Namespace) -> int:
-    from .data import check_data
+def _children(folder: Path) -> set[str] | None:
+    try:
+        return {c.name for c in folder.iterdir()} if folder.is_dir() else None
+    except OSError:
+        return None
 
-    report = check_data(a.data, max_pixels=a.max_pixels, progress=True)
+
+def _remove_unstarted_runs(out: Path, before: set[str] | None) -> None:
+    """After a refused start (bad data, config or weights): remove the run folders this call
+    created that hold nothing but config.yaml, so a failed start leaves no partial output."""
+    now = _children(out)
+    if now is None:
+        return
+    for name in sorted(now - (before or set())):
+        run = out / name
+        try:
+            if not run.is_dir() or run.is_symlink():
+                continue
+            files = list(run.iterdir())
+            if all(f.name == "config.yaml" and f.is_file() for f in files):
+                for f in files:
+                    f.unlink()
+                run.rmdir()
+        except OSError:
+            continue
+    if before is None:
+        try:
+            out.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    from .data import check_data, load_dataset_spec
+
+    spec = load_dataset_spec(a.data)
+    if a.unknown_as_ignore:
+        spec.unknown_as_ignore = True
+    report = check_data(spec, max_pixels=a.max_pixels, progress=True, strict=a.strict)
     print(report.format())
     return 0 if report.ok else 2
 
@@ -154,9 +212,12 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _cmd_predict(a: argparse.Namespace) -> int:
     from .inference import Predictor
+    from .inference.predictor import parse_shard
 
-    pred = Predictor.from_run(a.run, device=a.device, tile_size=a.tile_size)
-    written = pred.predict_paths(a.inputs, a.out, overlay=a.overlay, skip_existing=a.skip_existing, overwrite=a.overwrite)
+    shard = parse_shard(a.shard) if a.shard else None
+    pred = Predictor.from_run(a.run, device=a.device, tile_size=a.tile_size, max_pixels=a.max_pixels)
+    written = pred.predict_paths(a.inputs, a.out, overlay=a.overlay, skip_existing=a.skip_existing,
+                                 overwrite=a.overwrite, shard=shard)
     print(f"wrote {len(written)} mask(s) to {a.out}" + (f" (overlays in {Path(a.out) / 'overlays'})" if a.overlay else ""))
     return 0
 

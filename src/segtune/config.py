@@ -40,6 +40,7 @@ LOSSES = ("ce", "dice", "focal", "ce+dice")
 CLASS_WEIGHTS = ("none", "inverse", "median")
 SCHEDULES = ("cosine", "poly", "constant")
 OPTIMIZERS = ("adamw", "sgd")
+LR_SCALING = ("none", "linear", "sqrt")
 
 
 @dataclass
@@ -151,6 +152,10 @@ class OptimConfig:
         schedule: ``cosine`` | ``poly`` | ``constant``, stepped per optimiser step.
         warmup_steps: linear warm-up length in optimiser steps (0 disables it).
         grad_clip: clip the global gradient norm to this value (0 disables it).
+        lr_scaling: ``none`` | ``linear`` | ``sqrt``: with ``train.devices x train.num_nodes``
+            = W training processes the global batch is W x ``data.batch_size``; ``linear``
+            multiplies ``lr`` (and so every group's LR) by W, ``sqrt`` by sqrt(W), ``none``
+            uses it as given. ``lr`` is meant for one process; a run prints the rule it uses.
     """
 
     optimizer: str = "adamw"
@@ -159,6 +164,7 @@ class OptimConfig:
     schedule: str = "cosine"
     warmup_steps: int = 20
     grad_clip: float = 1.0
+    lr_scaling: str = "none"
 
 
 @dataclass
@@ -172,13 +178,23 @@ class TrainConfig:
         early_stopping: stop when val mIoU has not improved for this many validations (0 disables).
         val_every: validate every N epochs.
         precision: ``auto`` (bf16-mixed on GPUs that support it, else 32), ``32``, ``16-mixed``, ``bf16-mixed``.
-        accelerator, devices, num_nodes: passed to Lightning.
+        accelerator, devices, num_nodes: passed to Lightning (``cpu`` | ``gpu`` | ``auto``;
+            devices per node; machines). More than one process in all trains with DDP: each
+            process takes ``data.batch_size`` images per step (see ``docs/cluster.md``).
+        sync_batchnorm: under DDP, compute BatchNorm statistics over the global batch
+            (SyncBatchNorm; GPUs only). Helps when the per-device batch is small (< 8).
         out: parent folder of run folders.
         name: run folder name (default: ``<arch>-<strategy>``, numbered if taken).
         overwrite: allow replacing an existing run folder of the same name.
         num_overlays: validation images written as input | truth | prediction PNGs.
         progress: show a progress bar.
         deterministic: ask torch for deterministic algorithms.
+        checkpoint_every: optimiser steps between mid-epoch saves of ``checkpoints/last.ckpt``
+            (besides the one at every epoch end), so a killed run loses at most this many
+            steps: ``segtune train --resume RUN`` continues from it and, on CPU with the same
+            seed, ends with bitwise the same weights as an uninterrupted run. ``0`` = auto:
+            every 50 steps, but at most one save per minute (a checkpoint holds the weights
+            and the optimiser state, roughly 3x the model size).
     """
 
     epochs: int = 30
@@ -190,12 +206,14 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
+    sync_batchnorm: bool = False
     out: str = "runs"
     name: str | None = None
     overwrite: bool = False
     num_overlays: int = 4
     progress: bool = True
     deterministic: bool = True
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -253,6 +271,7 @@ class Config:
         _choice("loss.class_weights", self.loss.class_weights, CLASS_WEIGHTS)
         _choice("optim.schedule", self.optim.schedule, SCHEDULES)
         _choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
+        _choice("optim.lr_scaling", self.optim.lr_scaling, LR_SCALING)
         _choice("data.cache", self.data.cache, ("auto", "ram", "none"))
         _choice("train.precision", self.train.precision, ("auto", "32", "16-mixed", "bf16-mixed"))
         _positive("optim.lr", self.optim.lr)
@@ -264,7 +283,9 @@ class Config:
             _positive("train.max_steps", self.train.max_steps)
         _nonneg("train.early_stopping", self.train.early_stopping)
         _positive("train.val_every", self.train.val_every)
+        _nonneg("train.checkpoint_every", self.train.checkpoint_every)
         _positive("train.devices", self.train.devices)
+        _positive("train.num_nodes", self.train.num_nodes)
         _positive("data.batch_size", self.data.batch_size)
         _positive("data.val_batch_size", self.data.val_batch_size)
         _nonneg("data.num_workers", self.data.num_workers)

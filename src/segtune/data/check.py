@@ -279,6 +279,7 @@ def check_data(
     agg = _Agg()
     class_px = np.zeros(C, dtype=np.int64)
     ignore_px = 0
+    default_ignore_masks = 0  # masks holding the default (unstated) ignore value
     sizes: dict[str, list[tuple[int, int]]] = {}
     hashes: dict[str, list[tuple[str, Path]]] = {}
 
@@ -362,6 +363,8 @@ def check_data(
                     )
                 )
             n_ign = int(counts[vals == ign].sum()) if counts.size else 0
+            if n_ign and not spec.ignore_index_explicit:
+                default_ignore_masks += 1
             if m.size and n_ign == m.size:
                 problems.append(
                     Problem(
@@ -382,6 +385,17 @@ def check_data(
 
     problems += agg.problems()
     problems += _leakage(hashes)
+    if default_ignore_masks and spec.yaml_path is not None:
+        problems.append(
+            Problem(
+                spec.source,
+                f"{default_ignore_masks} mask(s) hold {ign}, read as ignore_index {ign} (the default; "
+                "dataset.yaml does not set ignore_index): those pixels count in no loss or metric",
+                f"write ignore_index: {ign} to confirm, or list the class in classes: and set "
+                "ignore_index to an unused value if it is a class",
+                level="warning",
+            )
+        )
     if pairs_out.get("train"):
         for c in np.nonzero(class_px == 0)[0]:
             hint = "metrics will exclude it as absent; check classes: in dataset.yaml or the masks"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from .. import _log
 from ..errors import DataError
@@ -22,12 +25,13 @@ if TYPE_CHECKING:
     from ..config import DataConfig
     from .spec import DatasetSpec
 
-__all__ = ["SegDataModule", "seed_worker"]
+__all__ = ["SegDataModule", "ResumableSampler", "seed_worker"]
 
 # independent seeded streams, so changing one option does not reshuffle the others
 _STREAM_VAL_SPLIT = 0
 _STREAM_TRAIN_SUBSET = 1
 _STREAM_VAL_SUBSET = 2
+_STREAM_TRAIN_ORDER = 3
 
 
 def seed_worker(worker_id: int) -> None:
@@ -39,6 +43,68 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # Ctrl-C in a terminal reaches the whole process group: the main process turns it into a
+    # checkpoint at the next step boundary, so workers must keep serving batches meanwhile
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded training order that can stop and resume anywhere inside an epoch.
+
+    Epoch ``e``'s order is a permutation drawn from ``(seed, e)`` alone (no RNG state to
+    save), and every draw is yielded as an ``(index, sample_seed)`` key: :class:`SegDataset`
+    seeds the random transform of that sample with ``sample_seed`` (also derived from
+    ``(seed, e, index)``), so augmentations do not depend on worker processes or global RNG
+    state either. Resuming therefore only needs the position: :meth:`state_dict` /
+    :meth:`load_state_dict` hold ``{"epoch", "start"}`` where ``start`` is the number of
+    samples (of this rank) already consumed in that epoch; the next iteration skips them.
+
+    It is a :class:`~torch.utils.data.distributed.DistributedSampler` (so Lightning does not
+    wrap it): with ``num_replicas > 1`` each rank takes every ``num_replicas``-th sample of
+    the permutation, padded by repetition to equal length like the torch sampler.
+
+    Args:
+        num_samples: data set length.
+        seed: run seed.
+        num_replicas, rank: data-parallel world size and this process's rank.
+    """
+
+    def __init__(self, num_samples: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(int(num_samples)), num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=int(seed), drop_last=False)
+        self.n = int(num_samples)
+        self._start = 0
+        self._start_epoch: int | None = None
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, sample_seeds)`` of ``epoch``: this rank's indices, and one seed per index."""
+        rng = np.random.default_rng([self.seed, _STREAM_TRAIN_ORDER, int(epoch)])
+        perm = rng.permutation(self.n)
+        seeds = rng.integers(0, 2**62, size=self.n, dtype=np.int64)
+        total = self.num_samples * self.num_replicas
+        if total > self.n:
+            perm = np.concatenate([perm] * math.ceil(total / self.n))[:total]
+        return perm[self.rank : total : self.num_replicas], seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        order, seeds = self.epoch_order(epoch)
+        start = self._start if self._start_epoch == epoch else 0
+        self._start, self._start_epoch = 0, None
+        for i in order[start:].tolist():
+            yield i, int(seeds[i])
+
+    def __len__(self) -> int:
+        return self.num_samples  # a full epoch, also when resuming (Lightning counts batches)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.epoch), "start": int(self._start) if self._start_epoch == self.epoch else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at sample ``state["start"]`` of epoch ``state["epoch"]`` (the next iteration only)."""
+        self.set_epoch(int(state["epoch"]))
+        self._start_epoch = int(state["epoch"])
+        self._start = max(0, min(int(state.get("start", 0)), self.num_samples))
 
 
 class SegDataModule(L.LightningDataModule):
@@ -82,6 +148,7 @@ class SegDataModule(L.LightningDataModule):
         self._val_ds: SegDataset | None = None
         self._use_cache: bool = False
         self._class_counts: np.ndarray | None = None
+        self._train_position: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
@@ -290,21 +357,40 @@ class SegDataModule(L.LightningDataModule):
             kw["worker_init_fn"] = seed_worker
         return kw
 
+    def set_train_position(self, epoch: int, start: int) -> None:
+        """Make the next :meth:`train_dataloader` begin at sample ``start`` of ``epoch`` (resume)."""
+        self._train_position = {"epoch": int(epoch), "start": int(start)}
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded generator), random-crop batches; drops the last partial batch
-        only when there is more than one batch."""
+        """Shuffled, random-crop batches in a seeded, resumable order (:class:`ResumableSampler`).
+
+        Drops the last partial batch only when there is more than one batch. Under
+        data-parallel training each rank gets its share (the sampler is the distributed one).
+        """
         ds = self.train_dataset
         bs = int(self.cfg.batch_size)
-        gen = torch.Generator()
+        world, rank = 1, 0
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            world, rank = int(trainer.world_size), int(trainer.global_rank)
+        sampler = ResumableSampler(len(ds), self.seed, num_replicas=world, rank=rank)
+        if self._train_position is not None:
+            sampler.load_state_dict(self._train_position)
+            self._train_position = None
+        gen = torch.Generator()  # for the workers' base seed only: keeps the global RNG untouched
         gen.manual_seed(self.seed)
         return DataLoader(
-            ds, batch_size=bs, shuffle=True, generator=gen, drop_last=len(ds) > bs, **self._loader_kwargs()
+            ds, batch_size=bs, sampler=sampler, generator=gen, drop_last=len(sampler) > bs,
+            **self._loader_kwargs(),
         )
 
     def val_dataloader(self) -> DataLoader:
         """Full-size validation batches in file order (padded to a multiple of 32)."""
+        gen = torch.Generator()  # own generator: validating never advances the global RNG
+        gen.manual_seed(self.seed)
         return DataLoader(
-            self.val_dataset, batch_size=int(self.cfg.val_batch_size), shuffle=False, **self._loader_kwargs()
+            self.val_dataset, batch_size=int(self.cfg.val_batch_size), shuffle=False, generator=gen,
+            **self._loader_kwargs(),
         )
 
 

@@ -13,10 +13,12 @@ everything once in the main process: forked workers then share the arrays copy-o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ __all__ = [
     "pad_collate",
     "estimate_cache_bytes",
     "mask_storage_dtype",
+    "seeded_rng",
     "Pair",
 ]
 
@@ -131,13 +134,27 @@ class SegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int | tuple[int, int]) -> Sample:
+        """Sample ``index``; with an ``(index, seed)`` key the random transform is seeded by ``seed``.
+
+        A seeded key (what :class:`segtune.data.datamodule.ResumableSampler` yields) makes the
+        augmentation a pure function of the key: it does not depend on the process, the
+        data-loader worker or any global RNG state (which is left untouched), so a resumed
+        run and any ``num_workers`` see exactly the same crops, flips and colours.
+        """
+        seed: int | None = None
+        if isinstance(index, tuple):
+            index, seed = int(index[0]), int(index[1])
         image, mask = self.load(index)
         img_t = torch.from_numpy(image).permute(2, 0, 1)
         mask_t = torch.from_numpy(mask)
         sample: Sample = {"image": tv_tensors.Image(img_t), "mask": tv_tensors.Mask(mask_t)}
         if self.transform is not None:
-            sample = self.transform(sample)
+            if seed is None:
+                sample = self.transform(sample)
+            else:
+                with seeded_rng(seed):
+                    sample = self.transform(sample)
             out_img = sample["image"].as_subclass(torch.Tensor)
             out_mask = sample["mask"].as_subclass(torch.Tensor)
         else:
@@ -301,6 +318,28 @@ def pad_collate(batch: Sequence[Sample], ignore_index: int, multiple: int = 32) 
 
 
 # ---------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with torch (CPU), NumPy and ``random`` seeded by ``seed``; restore them after.
+
+    Only the CPU torch generator is touched (never CUDA's), so training-time randomness
+    outside the block (dropout, ...) continues exactly as if the block had not run.
+    """
+    seed = int(seed) % 2**63
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    cpu_state = torch.get_rng_state()
+    try:
+        torch.default_generator.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     try:
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

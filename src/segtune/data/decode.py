@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import stat
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 180_000_000
 _ORIENTATION_TAG = 0x0112
-_SKIP_HINT = "replace or re-export the file, or remove it; data.skip_bad=true trains without it"
+_SKIP_HINT = "replace or re-export the file, or remove it; train --skip-bad (data.skip_bad) trains without it"
 
 
 class DecodeError(DataError):
@@ -131,12 +132,38 @@ def _raise_limit(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
-def _too_big(path: Path, size: tuple[int, int] | None, max_pixels: int) -> DecodeError:
-    desc = f"{size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} Mpx" if size else "too many pixels"
+_LIMIT_LOCK = threading.Lock()
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """``(W, H)`` from the file header with Pillow's bomb guard off (nothing is decoded)."""
+    with _LIMIT_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as im:
+                    return tuple(im.size)  # type: ignore[return-value]
+        except Exception:  # noqa: BLE001 - only used to make a message more precise
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def _px(n: int) -> str:
+    return f"{n / 1e6:.0f} Mpx" if n >= 10_000_000 else f"{n:,} px"
+
+
+def _too_big(
+    path: Path, size: tuple[int, int] | None, max_pixels: int, kind: str = "image"
+) -> DecodeError:
+    desc = f"{size[0]}x{size[1]} = {_px(size[0] * size[1])}" if size else "too many pixels"
     return DecodeError(
         path,
-        f"image is {desc}, above the limit of {max_pixels / 1e6:.0f} Mpx",
-        "raise the limit with --max-pixels / data.max_pixels if you trust the file, or tile the image",
+        f"{kind} is {desc}, above the limit of {_px(max_pixels)}",
+        "raise the limit with --max-pixels (data.max_pixels) if you trust the file; "
+        "predict runs large images in tiles, for training cut it into tiles",
     )
 
 
@@ -149,7 +176,7 @@ def _open(path: Path, max_pixels: int, kind: str, load: bool = True) -> Image.Im
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except Image.DecompressionBombError:
-        raise _too_big(path, None, max_pixels) from None
+        raise _too_big(path, _header_size(path), max_pixels, kind) from None
     except UnidentifiedImageError:
         raise DecodeError(
             path, "not an image Pillow can read (cannot identify image file)", _SKIP_HINT
@@ -161,7 +188,7 @@ def _open(path: Path, max_pixels: int, kind: str, load: bool = True) -> Image.Im
     w, h = im.size
     if w * h > max_pixels:
         im.close()
-        raise _too_big(path, (w, h), max_pixels)
+        raise _too_big(path, (w, h), max_pixels, kind)
     if w <= 0 or h <= 0:
         im.close()
         raise DecodeError(path, f"{kind} has no pixels ({w}x{h})", _SKIP_HINT)
@@ -404,8 +431,14 @@ def _mask_alpha(alpha: np.ndarray, path: Path, channels: int) -> None:
         )
 
 
-def _map_colors(rgb: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
-    """Map ``(H, W, 3) uint8`` colours to ``(H, W) int64`` class ids through ``spec.colors``."""
+def _map_colors(
+    rgb: np.ndarray, spec: DatasetSpec, path: Path, notes: list[tuple[str, str]] | None = None
+) -> np.ndarray:
+    """Map ``(H, W, 3) uint8`` colours to ``(H, W) int64`` class ids through ``spec.colors``.
+
+    Colours not in ``spec.colors`` raise :class:`DecodeError`, or become ``spec.ignore_index``
+    (with a note appended to ``notes``) when ``spec.unknown_as_ignore`` is set.
+    """
     colors = list(spec.colors or [])
     ids = list(range(len(colors)))
     if spec.ignore_color is not None:
@@ -427,11 +460,18 @@ def _map_colors(rgb: np.ndarray, spec: DatasetSpec, path: Path) -> np.ndarray:
             for c, n in zip(uniq[order2][:5], counts[order2][:5], strict=True)
         )
         more = f" and {len(uniq) - 5} more" if len(uniq) > 5 else ""
+        what = f"{int(counts.sum())} pixels have {len(uniq)} colour(s) not in dataset.yaml colors: {shown}{more}"
+        if getattr(spec, "unknown_as_ignore", False):
+            out = vals[idx]
+            out[~hit] = spec.ignore_index
+            if notes is not None:
+                notes.append(("unknown_colors", f"{what}; read as ignore_index {spec.ignore_index} (unknown_as_ignore)"))
+            return out
         raise DecodeError(
             path,
-            f"{int(counts.sum())} pixels have {len(uniq)} colour(s) not in dataset.yaml colors: {shown}{more}",
-            "add them to colors: in dataset.yaml (one per class), set ignore_color: for unlabelled pixels, "
-            "or fix the mask",
+            what,
+            "add them to colors: in dataset.yaml (one per class), set ignore_color: for unlabelled pixels "
+            "or unknown_as_ignore: true to read every unknown colour as ignore, or fix the mask",
         )
     return vals[idx]
 
@@ -461,7 +501,7 @@ def _read_mask(path: Path, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXE
             np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 0], a[:, :, 2])
         )
         if fmt == "rgb":
-            return _Decoded(_map_colors(a, spec, path), notes, orient, raw_size)
+            return _Decoded(_map_colors(a, spec, path, notes), notes, orient, raw_size)
         if equal:
             a = np.ascontiguousarray(a[:, :, 0])
         elif fmt in ("index", "palette", "binary"):
@@ -477,7 +517,7 @@ def _read_mask(path: Path, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXE
                 "add colors: to dataset.yaml, one [r, g, b] per class in class order",
             )
         else:
-            return _Decoded(_map_colors(a, spec, path), notes, orient, raw_size)
+            return _Decoded(_map_colors(a, spec, path, notes), notes, orient, raw_size)
     elif fmt == "rgb":
         g = a.astype(np.int64)
         if g.size and (g.min() < 0 or g.max() > 255):
@@ -487,7 +527,7 @@ def _read_mask(path: Path, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXE
                 "set mask_format: index for class-index masks",
             )
         return _Decoded(
-            _map_colors(np.repeat(g[:, :, None], 3, axis=2), spec, path), notes, orient, raw_size
+            _map_colors(np.repeat(g[:, :, None], 3, axis=2), spec, path, notes), notes, orient, raw_size
         )
 
     out = a.astype(np.int64)

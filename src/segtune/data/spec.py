@@ -7,6 +7,7 @@ A ``dataset.yaml`` looks like::
     colors: [[128, 128, 128], ...]         # optional; needed for RGB colour masks
     ignore_index: 11                       # mask value excluded from loss and metrics (default 255)
     mask_format: index                     # auto | index | palette | rgb | binary
+    unknown_as_ignore: false               # RGB masks: colours not in colors -> ignore_index
     splits:
       train: {images: train, masks: trainannot}   # relative to the yaml's folder
       val: {images: val, masks: valannot}
@@ -48,6 +49,7 @@ DATASET_KEYS = (
     "mask_format",
     "splits",
     "ignore_color",
+    "unknown_as_ignore",
 )
 SPLIT_KEYS = ("images", "masks")
 _YAML_NAMES = ("dataset.yaml", "dataset.yml")
@@ -81,6 +83,8 @@ class DatasetSpec:
         splits: split name (``train``/``val``/``test``) -> :class:`Split`.
         name: data set name (defaults to the folder name).
         ignore_color: optional RGB colour of unlabelled pixels in RGB masks (maps to ``ignore_index``).
+        unknown_as_ignore: RGB masks: read colours that are not in ``colors`` as ``ignore_index``
+            (with a warning) instead of refusing the mask.
         yaml_path: the ``dataset.yaml`` this spec was read from (``None`` if inferred).
         ignore_index_explicit: ``True`` when ``ignore_index`` was written in dataset.yaml. In ``auto``
             mode, masks holding only 0 and 255 are read as binary (255 -> 1) when there are two
@@ -95,6 +99,7 @@ class DatasetSpec:
     splits: dict[str, Split] = field(default_factory=dict)
     name: str = ""
     ignore_color: tuple[int, int, int] | None = None
+    unknown_as_ignore: bool = False
     yaml_path: Path | None = None
     ignore_index_explicit: bool = False
 
@@ -117,6 +122,8 @@ class DatasetSpec:
         d["mask_format"] = self.mask_format
         if self.ignore_color is not None:
             d["ignore_color"] = list(self.ignore_color)
+        if self.unknown_as_ignore:
+            d["unknown_as_ignore"] = True
         d["splits"] = {
             k: {"images": str(s.images), **({"masks": str(s.masks)} if s.masks is not None else {})}
             for k, s in self.splits.items()
@@ -247,6 +254,14 @@ def _from_yaml(yaml_path: Path) -> DatasetSpec:
     if d.get("ignore_color") is not None:
         ignore_color = _parse_colors(yaml_path, [d["ignore_color"]], "ignore_color")[0]  # type: ignore[index]
 
+    unknown_as_ignore = d.get("unknown_as_ignore", False)
+    if unknown_as_ignore is None:
+        unknown_as_ignore = False
+    if not isinstance(unknown_as_ignore, bool):
+        raise ConfigError(
+            f"{yaml_path}: unknown_as_ignore must be true or false, got {unknown_as_ignore!r}"
+        )
+
     classes = d.get("classes")
     name = d.get("name") or root.name
     if classes is None:
@@ -259,6 +274,7 @@ def _from_yaml(yaml_path: Path) -> DatasetSpec:
             splits=splits,
             name=str(name),
             ignore_color=ignore_color,
+            unknown_as_ignore=unknown_as_ignore,
             yaml_path=yaml_path.resolve(),
             ignore_index_explicit=ignore_explicit,
         )
@@ -285,6 +301,7 @@ def _from_yaml(yaml_path: Path) -> DatasetSpec:
         splits=splits,
         name=str(name),
         ignore_color=ignore_color,
+        unknown_as_ignore=unknown_as_ignore,
         yaml_path=yaml_path.resolve(),
         ignore_index_explicit=ignore_explicit,
     )

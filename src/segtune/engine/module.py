@@ -97,6 +97,15 @@ class SegTuneModule(L.LightningModule):
     def train_epoch_loss(self) -> float | None:
         return self._train_loss_sum / self._train_loss_n if self._train_loss_n else None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a mid-epoch checkpoint carries the running train loss, so a resumed epoch's mean is exact
+        checkpoint["segtune_train_loss"] = {"sum": self._train_loss_sum, "n": self._train_loss_n}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        acc = checkpoint.get("segtune_train_loss") or {}
+        self._train_loss_sum = float(acc.get("sum", 0.0))
+        self._train_loss_n = int(acc.get("n", 0))
+
     # ------------------------------------------------------------------ val
     def on_validation_epoch_start(self) -> None:
         self.val_cm.reset()
@@ -117,8 +126,11 @@ class SegTuneModule(L.LightningModule):
         self.last_val_metrics = m
         miou = m["miou"] if m["miou"] is not None else 0.0
         self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
-        val_loss = self._val_loss_sum / self._val_loss_n if self._val_loss_n else float("nan")
-        self.log("val_loss", float(val_loss), prog_bar=False, sync_dist=True)
+        total = torch.tensor([self._val_loss_sum, float(self._val_loss_n)], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:  # ranks score different numbers of images: sum, then divide
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        val_loss = float(total[0] / total[1]) if float(total[1]) else float("nan")
+        self.log("val_loss", val_loss, prog_bar=False, sync_dist=False)
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:

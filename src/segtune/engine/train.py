@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -19,7 +20,29 @@ from .._io import atomic_write_json, atomic_write_yaml
 from ..config import Config, apply_overrides
 from ..errors import ConfigError, DataError, RunError
 from .callbacks import AtomicCheckpointIO, HistoryCallback, StrategyCallback
+from .distributed import (
+    RUN_DIR_ENV,
+    TimmSyncBatchNorm,
+    check_distributed_config,
+    ddp_strategy,
+    ddp_summary,
+    dump_rank_state,
+    follower_run_dir,
+    launch_rank,
+    lr_factor,
+    use_unrepeated_validation,
+    world_size,
+)
 from .module import SegTuneModule
+from .resume import (
+    Interrupted,
+    InterruptHandler,
+    ResumeCallback,
+    StopRequested,
+    check_resume,
+    fingerprint,
+    remove_stale_temp_files,
+)
 from .run import CONFIG_FILE, METRICS_FILE, MODEL_META, Run, free_run_name, new_run_dir, save_model
 
 __all__ = ["train", "resolve_config", "resolve_precision"]
@@ -126,23 +149,34 @@ def train(
             _log.info(f"{run_dir}: run already complete; nothing to resume")
             return _load_run(run_dir)
         cfg = resolve_config(run_dir / CONFIG_FILE, overrides)
+        check_distributed_config(cfg)
+        remove_stale_temp_files(run_dir)  # half-written files of a killed run
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.is_file():
             ckpt_path = str(last)
-            _log.info(f"resuming {run_dir} from {last}")
         else:
             _log.info(f"{run_dir}: no checkpoint yet; starting this run again from the beginning")
     else:
         cfg = resolve_config(config, overrides)
         if not cfg.data.root:
             raise ConfigError("data.root is not set: pass the data set folder (e.g. `segtune train DATA`)")
-        name = cfg.train.name or free_run_name(cfg.train.out, f"{cfg.model.arch}-{cfg.strategy.name}")
-        cfg.train.name = name
-        run_dir = new_run_dir(cfg.train.out, name, overwrite=cfg.train.overwrite)
+        check_distributed_config(cfg)
+        if launch_rank(cfg.train.devices) == 0:
+            name = cfg.train.name or free_run_name(cfg.train.out, f"{cfg.model.arch}-{cfg.strategy.name}")
+            cfg.train.name = name
+            run_dir = new_run_dir(cfg.train.out, name, overwrite=cfg.train.overwrite)
+            if world_size(cfg) > 1:  # the processes Lightning starts for DDP find the folder here
+                os.environ[RUN_DIR_ENV] = str(run_dir)
+        else:  # DDP rank > 0: rank 0 owns the run folder; this process writes nothing there
+            run_dir = follower_run_dir(cfg)
+    world = world_size(cfg)
+    rank = launch_rank(cfg.train.devices)
+    if rank:
+        _log.set_quiet(True)  # rank 0 reports for all processes
 
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     spec = load_dataset_spec(cfg.data.root)
-    report = check_data(spec, max_pixels=cfg.data.max_pixels, progress=cfg.train.progress)
+    report = check_data(spec, max_pixels=cfg.data.max_pixels, progress=cfg.train.progress and rank == 0)
     errors = [p for p in report.problems if getattr(p, "level", "error") == "error"]
     for p in report.problems:
         if getattr(p, "level", "error") != "error":
@@ -158,7 +192,7 @@ def train(
             _log.warn(f"skipped: {p}")
         skip = set(getattr(report, "bad_files", set()))
 
-    if not (run_dir / CONFIG_FILE).is_file() or resume is None:
+    if rank == 0 and (not (run_dir / CONFIG_FILE).is_file() or resume is None):
         atomic_write_yaml(run_dir / CONFIG_FILE, cfg.to_dict())
 
     strategy_pretrained = cfg.strategy.name != "scratch"
@@ -170,6 +204,13 @@ def train(
         f"data: {spec.name or cfg.data.root}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val images, "
         f"{spec.num_classes} classes, ignore_index {spec.ignore_index}"
     )
+    full_val_loader = dm.val_dataloader  # the final evaluation always scores the whole val set
+    if world > 1:
+        use_unrepeated_validation(dm, world)  # during fit: each val image on exactly one rank
+    fprint = fingerprint(spec, model, dm.train_pairs, cfg.data.batch_size)
+    if ckpt_path is not None:
+        at = check_resume(ckpt_path, fprint)  # refuses when classes / architecture / images changed
+        _log.info(f"resuming {run_dir} from {ckpt_path} (after step {at['step']})")
 
     cw = None
     if cfg.loss.class_weights != "none":
@@ -177,9 +218,11 @@ def train(
         if cw is not None:
             _log.info("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(spec.classes, cw.tolist(), strict=True)))
     loss = build_loss(cfg.loss, spec.num_classes, spec.ignore_index, cw)
-    strategy = build_strategy(model, cfg.strategy, cfg.optim.lr)
+    lr = cfg.optim.lr * lr_factor(cfg.optim.lr_scaling, world)
+    strategy = build_strategy(model, cfg.strategy, lr)
     summary = _print_strategy(strategy, model)
-    module = SegTuneModule(model, strategy, loss, cfg.optim, spec.num_classes, spec.ignore_index, spec.classes)
+    optim_cfg = dataclasses.replace(cfg.optim, lr=lr)
+    module = SegTuneModule(model, strategy, loss, optim_cfg, spec.num_classes, spec.ignore_index, spec.classes)
 
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     history = HistoryCallback(run_dir)
@@ -188,7 +231,9 @@ def train(
         dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_top_k=1,
         save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
     )
-    callbacks: list[L.Callback] = [StrategyCallback(), history, best_cb, _EpochPrinter(cfg.train.epochs)]
+    interrupt = InterruptHandler()
+    resume_cb = ResumeCallback(ckpt_dir / "last.ckpt", dm, cfg.train.checkpoint_every, fprint, interrupt)
+    callbacks: list[L.Callback] = [StrategyCallback(), history, best_cb, resume_cb, _EpochPrinter(cfg.train.epochs)]
     if cfg.train.early_stopping:
         callbacks.append(EarlyStopping(monitor="val_miou", mode="max", patience=cfg.train.early_stopping, check_finite=False, strict=False))
     show_bar = cfg.train.progress and sys.stderr.isatty()
@@ -211,21 +256,43 @@ def train(
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=show_bar,
-        plugins=[AtomicCheckpointIO()],
+        strategy=ddp_strategy(strategy.static) if world > 1 else "auto",
+        plugins=[AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if cfg.train.sync_batchnorm and world > 1 else [])],
         deterministic="warn" if cfg.train.deterministic else None,
         log_every_n_steps=1,
     )
     _log.info(f"training on {trainer.strategy.root_device}, precision {precision}, run folder {run_dir}")
+    if world > 1:
+        _log.info(ddp_summary(world, cfg.data.batch_size, cfg.optim.lr, cfg.optim.lr_scaling))
+        if strategy.static:
+            strategy.set_trainable(model, 0)  # frozen parameters must be frozen before DDP wraps the model
+        else:
+            model.requires_grad_(True)  # gradual: all registered with DDP; unused (frozen) ones get no grad
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*deterministic.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # val_miou: already summed over ranks
+        warnings.filterwarnings("ignore", message=".*ended before the epoch ended.*")  # resumable: ResumeCallback
+        resume_hint = f"continue with `segtune train --resume {run_dir}`"
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        except KeyboardInterrupt:  # pragma: no cover - Lightning normally handles it
-            pass
+            with interrupt:
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        except StopRequested:
+            raise Interrupted(
+                f"{run_dir}: training stopped by {interrupt.signal_name or 'an interrupt'} at step "
+                f"{resume_cb.stopped_at}, checkpoint saved; {resume_hint}"
+            ) from None
+        except (KeyboardInterrupt, SystemExit):
+            if not interrupt.requested:
+                raise
+            raise Interrupted(
+                f"{run_dir}: training aborted by a second interrupt; {resume_hint} "
+                "(from the last checkpoint)"
+            ) from None
     if trainer.interrupted:
         raise RunError(f"training interrupted; continue with `segtune train --resume {run_dir}`")
+    dump_rank_state(trainer, module)  # test hook, off unless SEGTUNE_TEST_DUMP_RANK_WEIGHTS is set
     if not trainer.is_global_zero:
         return Run(dir=run_dir)
 
@@ -238,7 +305,7 @@ def train(
 
     from .evaluate import evaluate_model, write_evaluation
 
-    metrics = evaluate_model(model, dm.val_dataloader(), spec.num_classes, spec.ignore_index, spec.classes)
+    metrics = evaluate_model(model, full_val_loader(), spec.num_classes, spec.ignore_index, spec.classes)
     epochs_done = len(history.rows)
     summary.update(
         strategy=cfg.strategy.name,
@@ -248,6 +315,7 @@ def train(
         train_images=len(dm.train_pairs),
         val_images=len(dm.val_pairs),
         precision=precision,
+        processes=world,
     )
     meta = {
         "classes": list(spec.classes),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from .. import _log
 from ..errors import DataError
 
-__all__ = ["Predictor", "predict", "progress_iter", "IMAGE_EXTENSIONS"]
+__all__ = ["Predictor", "predict", "progress_iter", "parse_shard", "shard_files", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 T = TypeVar("T")
@@ -57,6 +58,8 @@ class Predictor:
         device: ``cpu``/``cuda`` (default: cuda if available).
         tile_size: side of a tile in pixels (multiple of 32).
         tile_pixels: images above this many pixels are tiled.
+        max_pixels: image files above this many pixels are refused (Pillow's decompression-bomb
+            guard is raised to it); arrays passed directly are not limited.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Predictor:
         device: str | torch.device | None = None,
         tile_size: int = 1024,
         tile_pixels: int = 2048 * 2048,
+        max_pixels: int | None = None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,6 +84,7 @@ class Predictor:
         self.std = torch.tensor(norm.get("std", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
         self.tile_size = tile_size
         self.tile_pixels = tile_pixels
+        self.max_pixels = max_pixels
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, **kwargs: Any) -> Predictor:
@@ -146,13 +151,16 @@ class Predictor:
         if isinstance(image, (str, Path)):
             from ..data import read_image
 
-            return read_image(image)
+            return read_image(image, **self._limits())
         if not isinstance(image, np.ndarray):  # PIL image
             from PIL import Image
 
             if isinstance(image, Image.Image):
                 return np.asarray(image.convert("RGB"))
         return image
+
+    def _limits(self) -> dict[str, int]:
+        return {} if self.max_pixels is None else {"max_pixels": int(self.max_pixels)}
 
     # --------------------------------------------------------------- folders
     def predict_paths(
@@ -163,8 +171,12 @@ class Predictor:
         skip_existing: bool = False,
         overwrite: bool = False,
         progress: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> list[Path]:
         """Segment a file, a folder (recursively) or a list of files; write palette PNG masks.
+
+        Files are read, predicted and written one at a time, so memory does not grow with the
+        number of images (only the list of paths is kept).
 
         Args:
             inputs: image file(s) or folder(s).
@@ -173,16 +185,29 @@ class Predictor:
             skip_existing: leave images whose mask already exists (resume an interrupted folder).
             overwrite: replace existing masks (otherwise an existing mask is an error).
             progress: show a progress bar.
+            shard: ``(i, n)``: predict only shard ``i`` of ``n`` (0-based), the images at
+                positions ``i, i + n, i + 2n, ...`` of the sorted list, so ``n`` processes (e.g. a
+                Slurm job array) split a folder without overlap; see :func:`shard_files`.
 
         Returns:
             Paths of the masks written.
         """
+        from ..data.decode import DEFAULT_MAX_PIXELS, image_size
         from ..report import overlay as make_overlay
         from ..report import save_mask_png
 
         files = collect_images(inputs)
+        if shard is not None:
+            n_all = len(files)
+            files = shard_files(files, shard)
+            _log.info(f"shard {shard[0]}/{shard[1]}: {len(files)} of {n_all} images")
+        # pre-flight: empty, non-image and over-limit files are refused from their headers
+        # before anything is written (no partial output folder)
+        limit = self.max_pixels if self.max_pixels is not None else DEFAULT_MAX_PIXELS
+        for f in files:
+            with _predict_hint():
+                image_size(f, max_pixels=limit)
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         colors = self.colors
         if not skip_existing and not overwrite:
             taken = [f for f in files if (out_dir / f"{f.stem}.png").exists()]
@@ -201,8 +226,10 @@ class Predictor:
                 continue
             from ..data import read_image
 
-            image = read_image(f)
+            with _predict_hint():
+                image = read_image(f, **self._limits())
             pred = self.predict(image)
+            out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
             save_mask_png(mask_path, pred, colors)
             if overlay:
                 from PIL import Image
@@ -217,6 +244,55 @@ class Predictor:
         if skipped:
             _log.info(f"skipped {skipped} image(s) whose mask already exists")
         return written
+
+
+@contextlib.contextmanager
+def _predict_hint() -> Iterator[None]:
+    """Bad input files: replace the training-oriented hint (--skip-bad) by one for predict."""
+    from ..data.decode import _SKIP_HINT, DecodeError
+
+    try:
+        yield
+    except DecodeError as e:
+        if e.hint != _SKIP_HINT:
+            raise
+        raise DecodeError(
+            e.path, e.what, "replace or re-export the file, or leave it out of the inputs"
+        ) from None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N`` (0-based, as Slurm's ``SLURM_ARRAY_TASK_ID``).
+
+    Raises:
+        ConfigError: anything else, with an example.
+    """
+    from ..errors import ConfigError
+
+    parts = str(text).strip().split("/")
+    try:
+        i, n = (int(x) for x in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        i, n = None, None
+    if i is None or n is None or not 0 <= i < n:
+        raise ConfigError(
+            f"--shard {text}: expected I/N with 0 <= I < N, 0-based (e.g. 0/4 .. 3/4, or "
+            "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-3)"
+        )
+    return i, n
+
+
+def shard_files(files: Sequence[Path], shard: tuple[int, int]) -> list[Path]:
+    """Shard ``i`` of ``n`` (0-based): every ``n``-th file of the sorted list, starting at ``i``.
+
+    The ``n`` shards are disjoint and together hold every file; their sizes differ by at most one.
+    """
+    from ..errors import ConfigError
+
+    i, n = (int(v) for v in shard)
+    if not 0 <= i < n:
+        raise ConfigError(f"shard=({i}, {n}): need 0 <= i < n (0-based shard index i of n)")
+    return sorted(files)[i::n]
 
 
 def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
