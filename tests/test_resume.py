@@ -107,6 +107,7 @@ def test_sigint_saves_checkpoint_prints_hint_and_resumes(reference, capsys) -> N
     assert "stopped by SIGINT at step 8" in last_line and f"segtune train --resume {run}" in last_line
     assert "Traceback" not in p.stderr
     assert _step(run / "checkpoints" / "last.ckpt") == 8
+    assert _step(run / "checkpoints" / "best.ckpt") == 8  # epoch 2's validation counted before stopping
     assert [r["epoch"] for r in _history(run)] == ["1", "2"]
     capsys.readouterr()
 
@@ -128,8 +129,30 @@ def test_sigint_saves_checkpoint_prints_hint_and_resumes(reference, capsys) -> N
     finally:
         spec_file.write_text(spec_text)
 
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    _assert_same_as_reference(run, ref)
+    moved = run.rename(out / "int8-moved")  # a run folder may be moved or copied before resuming
+    assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
+    _assert_same_as_reference(moved, ref)
+
+
+def test_moved_run_keeps_best_checkpoint_bookkeeping(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from segtune.engine.resume import _rebase_model_checkpoints
+
+    cb = ModelCheckpoint(dirpath=tmp_path / "new" / "checkpoints", filename="best", monitor="val_miou", mode="max")
+    old = str(tmp_path / "old" / "checkpoints")
+    ckpt = {"callbacks": {cb.state_key: {
+        "dirpath": old, "best_model_score": torch.tensor(0.7), "best_model_path": f"{old}/best.ckpt",
+        "kth_best_model_path": f"{old}/best.ckpt", "last_model_path": f"{old}/last.ckpt",
+        "best_k_models": {f"{old}/best.ckpt": torch.tensor(0.7)}, "kth_value": torch.tensor(0.7),
+    }}}
+    _rebase_model_checkpoints(SimpleNamespace(callbacks=[cb]), ckpt)
+    cb.load_state_dict(ckpt["callbacks"][cb.state_key])
+    assert cb.best_model_score == torch.tensor(0.7)
+    assert cb.best_model_path == str(Path(cb.dirpath) / "best.ckpt")
+    assert list(cb.best_k_models) == [cb.best_model_path]
 
 
 def test_sampler_resumes_mid_epoch_and_shards() -> None:

@@ -196,7 +196,7 @@ class ResumeCallback(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # After an epoch's last batch, validation and the epoch-end hooks still have to run:
         # Lightning resumes a checkpoint taken here without validating that epoch, so stops and
-        # saves wait for the end of validation / of the epoch (see on_train_epoch_end).
+        # saves wait for the end of the epoch (see on_train_epoch_end).
         last = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
         stop = self._stop_requested(trainer)
         if stop and not last:
@@ -215,13 +215,13 @@ class ResumeCallback(Checkpoint):
         self._save_at_epoch_end = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn != "fit" or trainer.sanity_checking:
-            return
-        self._save_at_epoch_end = False  # the epoch-end ModelCheckpoint has just written last.ckpt
-        if self._stop_requested(trainer):
-            self._save_and_stop(trainer)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            # the epoch-end ModelCheckpoint writes last.ckpt (at its on_validation_end or
+            # on_train_epoch_end, both before this callback's on_train_epoch_end)
+            self._save_at_epoch_end = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the last hook of an epoch: validation, best-model and early-stopping bookkeeping are done
         if self._stop_requested(trainer):
             self._save_and_stop(trainer)
         if self._save_at_epoch_end:  # an epoch without validation: nobody else saved
@@ -242,6 +242,7 @@ class ResumeCallback(Checkpoint):
         }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        _rebase_model_checkpoints(trainer, checkpoint)
         state = checkpoint.get("segtune")
         if not state:  # a checkpoint from an older segtune: Lightning restarts the epoch's data
             return
@@ -270,6 +271,38 @@ class ResumeCallback(Checkpoint):
             self._save(trainer)
         self.stopped_at = int(trainer.global_step)
         raise StopRequested(self.stopped_at)
+
+
+def _rebase_model_checkpoints(trainer: L.Trainer, checkpoint: dict[str, Any]) -> None:
+    """Point ModelCheckpoint states saved in another folder at this run's folder.
+
+    A run folder that was moved or copied keeps its best score, best path and early-stopping
+    bookkeeping on resume (Lightning drops them when ``dirpath`` differs), so the resumed run
+    still picks the same best epoch as an uninterrupted one.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    states = checkpoint.get("callbacks") or {}
+    for cb in trainer.callbacks:
+        if not isinstance(cb, ModelCheckpoint) or cb.dirpath is None:
+            continue
+        state = states.get(cb.state_key)
+        old = state.get("dirpath") if isinstance(state, dict) else None
+        if not old or old == cb.dirpath:
+            continue
+        new = str(cb.dirpath)
+
+        def move(path: Any, old: str = str(old), new: str = new) -> Any:
+            if isinstance(path, str) and path and Path(path).parent == Path(old):
+                return str(Path(new) / Path(path).name)
+            return path
+
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = move(state[key])
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+        state["dirpath"] = new
 
 
 def _parse_test_signal(text: str) -> tuple[int, int] | None:

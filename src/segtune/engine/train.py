@@ -150,7 +150,8 @@ def train(
             return _load_run(run_dir)
         cfg = resolve_config(run_dir / CONFIG_FILE, overrides)
         check_distributed_config(cfg)
-        remove_stale_temp_files(run_dir)  # half-written files of a killed run
+        if launch_rank(cfg.train.devices) == 0:
+            remove_stale_temp_files(run_dir)  # half-written files of a killed run
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.is_file():
             ckpt_path = str(last)
@@ -300,7 +301,8 @@ def train(
     if best and best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-        _log.info(f"best epoch by val mIoU: {best_cb.best_model_score and float(best_cb.best_model_score):.4f}")
+        if best_cb.best_model_score is not None:
+            _log.info(f"best epoch by val mIoU: {float(best_cb.best_model_score):.4f}")
     model = module.model.cpu().eval()
 
     from .evaluate import evaluate_model, write_evaluation

@@ -95,9 +95,13 @@ class Predictor:
         return cls(model, meta, device=device, **kwargs)
 
     # ------------------------------------------------------------------ core
-    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+    @staticmethod
+    def _check(image: np.ndarray) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} {image.dtype}")
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        self._check(image)
         x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div_(255)
         return (x - self.mean) / self.std
 
@@ -116,24 +120,17 @@ class Predictor:
     def predict_proba(self, image: np.ndarray | str | Path) -> torch.Tensor:
         """Class probabilities ``(C, H, W)`` float32 for one image (path, PIL image or (H,W,3) uint8)."""
         image = self._load(image)
-        x = self._to_tensor(image)
-        h, w = x.shape[-2:]
+        self._check(image)
+        h, w = image.shape[:2]
         if h * w <= self.tile_pixels:
-            return self._forward_padded(x)[0]
+            return self._forward_padded(self._to_tensor(image))[0]
         t = self.tile_size
-        stride = t * 3 // 4
         probs: torch.Tensor | None = None
         counts = torch.zeros(1, h, w)
-        ys = list(range(0, max(h - t, 0) + 1, stride))
-        xs = list(range(0, max(w - t, 0) + 1, stride))
-        if ys[-1] + t < h:
-            ys.append(h - t)
-        if xs[-1] + t < w:
-            xs.append(w - t)
+        ys, xs = self._tile_grid(h, w)
         for y0 in ys:
             for x0 in xs:
-                tile = x[..., y0 : y0 + t, x0 : x0 + t]
-                p = self._forward_padded(tile)[0]
+                p = self._forward_padded(self._to_tensor(image[y0 : y0 + t, x0 : x0 + t]))[0]
                 if probs is None:
                     probs = torch.zeros(p.shape[0], h, w)
                 probs[:, y0 : y0 + p.shape[1], x0 : x0 + p.shape[2]] += p
@@ -142,8 +139,66 @@ class Predictor:
         return probs / counts
 
     def predict(self, image: np.ndarray | str | Path) -> np.ndarray:
-        """Class index mask ``(H, W)`` int64 with the input's height and width."""
-        return self.predict_proba(image).argmax(0).numpy().astype(np.int64)
+        """Class index mask ``(H, W)`` int64 with the input's height and width.
+
+        Tiled images are streamed in bands of tile rows (:meth:`_predict_tiled`): the result
+        equals ``predict_proba(image).argmax(0)`` without holding C x H x W scores.
+        """
+        image = self._load(image)
+        self._check(image)
+        h, w = image.shape[:2]
+        if h * w <= self.tile_pixels:
+            return self._forward_padded(self._to_tensor(image))[0].argmax(0).numpy().astype(np.int64)
+        return self._predict_tiled(image)
+
+    def _tile_grid(self, h: int, w: int) -> tuple[list[int], list[int]]:
+        """Top and left edges of the tiles (stride 3/4 of a tile) covering an ``h x w`` image."""
+        t = self.tile_size
+        stride = t * 3 // 4
+        ys = list(range(0, max(h - t, 0) + 1, stride))
+        xs = list(range(0, max(w - t, 0) + 1, stride))
+        if ys[-1] + t < h:
+            ys.append(h - t)
+        if xs[-1] + t < w:
+            xs.append(w - t)
+        return ys, xs
+
+    @torch.inference_mode()
+    def _predict_tiled(self, image: np.ndarray) -> np.ndarray:
+        """Sliding-window mask keeping class scores only for the rows still being summed.
+
+        The same tiles are added in the same order and divided by the same counts as in
+        :meth:`predict_proba`, so the mask is identical; once a row of tiles is done, the rows
+        above the next one are final, turned into class indices and dropped. Memory: a band of
+        ``C x tile_size x W`` scores instead of ``C x H x W``, and the input is normalised
+        tile by tile.
+        """
+        h, w = image.shape[:2]
+        t = self.tile_size
+        ys, xs = self._tile_grid(h, w)
+        out = np.empty((h, w), dtype=np.int64)
+        acc: torch.Tensor | None = None  # (C, rows, w): image rows lo .. lo + rows - 1
+        cnt = torch.zeros(1, 0, w)
+        lo = 0
+        for k, y0 in enumerate(ys):
+            y1 = min(y0 + t, h)
+            for x0 in xs:
+                p = self._forward_padded(self._to_tensor(image[y0:y1, x0 : x0 + t]))[0]
+                if acc is None:
+                    acc = torch.zeros(p.shape[0], 0, w)
+                if acc.shape[1] < y1 - lo:  # extend the band down to this tile row's bottom
+                    grow = y1 - lo - acc.shape[1]
+                    acc = torch.cat([acc, acc.new_zeros(acc.shape[0], grow, w)], 1)
+                    cnt = torch.cat([cnt, cnt.new_zeros(1, grow, w)], 1)
+                acc[:, y0 - lo : y1 - lo, x0 : x0 + p.shape[2]] += p
+                cnt[:, y0 - lo : y1 - lo, x0 : x0 + p.shape[2]] += 1
+            assert acc is not None
+            done = ys[k + 1] if k + 1 < len(ys) else h  # no later tile reaches above this row
+            n = done - lo
+            out[lo:done] = (acc[:, :n] / cnt[:, :n]).argmax(0).numpy()
+            acc, cnt = acc[:, n:].clone(), cnt[:, n:].clone()
+            lo = done
+        return out
 
     __call__ = predict
 

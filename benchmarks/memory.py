@@ -1,0 +1,230 @@
+"""Peak memory (RSS) of ``segtune train`` and ``segtune predict`` vs image, crop and batch size.
+
+Every configuration runs in a fresh Python process, which reports its own peak resident set
+size (``VmHWM`` from ``/proc/self/status``, falling back to ``getrusage``) and its RSS once
+the libraries are imported and the model is built (the fixed part). CPU only, one thread.
+
+* train: ``segtune.train`` end to end (Unet + EfficientNet-Lite0, ``full`` strategy, AdamW,
+  ce+dice, Lightning) on a generated data set of 512 x 512 images, for a few optimiser steps
+  at each ``crop x batch``; validation (1 image at a time) and the final evaluation included,
+  overlays off, decoded images cached in RAM (a few MB here).
+* predict: ``Predictor.predict_paths`` on one PNG of ``S x S`` pixels (11 classes, like
+  CamVid): decode, forward (tiled above ``tile_pixels`` = 2048^2), palette PNG written.
+
+It prints a table and the least-squares rule ``training RSS ~ A + B x batch x crop^2``.
+
+    python benchmarks/memory.py --quick            # ~1-2 minutes on 2 CPU cores
+    python benchmarks/memory.py                    # full grid, ~10 minutes
+    python benchmarks/memory.py --quick --record   # also append the table to RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+QUICK = {
+    "train": [(256, 2), (256, 4), (384, 2), (384, 4)],
+    "predict": [512, 1024, 2048],
+}
+FULL = {
+    "train": [(c, b) for c in (256, 384, 512) for b in (2, 4, 8)],
+    "predict": [512, 1024, 2048, 4096],
+}
+STEPS = 3
+PREDICT_CLASSES = 11
+
+
+# --------------------------------------------------------------------------- child side
+def _rss_mb(field: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def _child_train(data: str, crop: int, batch: int, steps: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    import segtune
+    from segtune import _log
+    from segtune.models import create_model
+
+    _log.set_quiet(True)
+    create_model("unet", "tf_efficientnet_lite0", num_classes=3, weights="none")  # warm imports
+    base = _rss_mb("VmRSS")
+    out = tempfile.mkdtemp(prefix="segtune-mem-")
+    cfg = {
+        "data": {"root": data, "crop_size": crop, "batch_size": batch, "val_batch_size": 1,
+                 "cache": "ram", "scale_min": 1.0, "scale_max": 1.0},
+        "model": {"weights": "none"},
+        "strategy": {"name": "full"},
+        "train": {"max_steps": steps, "epochs": 100, "out": out, "name": "m", "progress": False,
+                  "num_overlays": 0, "early_stopping": 0},
+        "optim": {"warmup_steps": 0},
+    }
+    t0 = time.perf_counter()
+    segtune.train(cfg)
+    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "seconds": time.perf_counter() - t0}
+
+
+def _child_predict(size: int, classes: int) -> dict:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    from segtune import _log
+    from segtune.inference import Predictor
+    from segtune.models import create_model
+
+    _log.set_quiet(True)
+    folder = Path(tempfile.mkdtemp(prefix="segtune-mem-"))
+    yy, xx = np.mgrid[0:size, 0:size]  # smooth content: fast to write and to read back
+    img = np.stack([(xx * 255 // size), (yy * 255 // size), ((xx + yy) * 127 // size)], -1).astype(np.uint8)
+    Image.fromarray(img).save(folder / "in.png", compress_level=1)
+    del img, yy, xx
+    model = create_model("unet", "tf_efficientnet_lite0", num_classes=classes, weights="none")
+    meta = {"classes": [f"c{i}" for i in range(classes)], "colors": None, "ignore_index": 255,
+            "normalization": {"mean": list(model.mean), "std": list(model.std)}}
+    pred = Predictor(model, meta, device="cpu", max_pixels=size * size + 1)
+    import gc
+
+    gc.collect()
+    base = _rss_mb("VmRSS")
+    t0 = time.perf_counter()
+    pred.predict_paths(folder / "in.png", folder / "out", progress=False)
+    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "seconds": time.perf_counter() - t0,
+            "tiled": size * size > pred.tile_pixels}
+
+
+# -------------------------------------------------------------------------- parent side
+def _run_child(args: list[str]) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fit(rows: list[dict]) -> tuple[float, float]:
+    """Least squares ``peak_mb = A + B * (batch * crop^2 / 1e6)``."""
+    import numpy as np
+
+    x = np.array([r["batch"] * r["crop"] ** 2 / 1e6 for r in rows])
+    y = np.array([r["peak_mb"] for r in rows])
+    b, a = np.polyfit(x, y, 1)
+    return float(a), float(b)
+
+
+def _machine() -> str:
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores{mem}, Linux {platform.release()}, torch {torch.__version__}, 1 thread"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small grid (about a minute or two)")
+    ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        kind, *rest = a.child
+        if kind == "train":
+            res = _child_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+        else:
+            res = _child_predict(int(rest[0]), int(rest[1]))
+        print(json.dumps(res))
+        return
+
+    grid = QUICK if a.quick else FULL
+    t_all = time.perf_counter()
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from segtune.data.synthetic import make_synthetic_dataset
+
+    tmp = Path(tempfile.mkdtemp(prefix="segtune-memdata-"))
+    data = make_synthetic_dataset(tmp / "syn", n_train=8, n_val=1, size=512, seed=0)
+    train_rows, pred_rows = [], []
+    print(f"{'train':<8} {'crop':>5} {'batch':>5} {'base MB':>8} {'peak MB':>8} {'s':>6}", flush=True)
+    for crop, batch in grid["train"]:
+        r = _run_child(["train", str(data), str(crop), str(batch), str(STEPS)])
+        r.update(crop=crop, batch=batch)
+        train_rows.append(r)
+        print(f"{'':<8} {crop:>5} {batch:>5} {r['base_mb']:>8.0f} {r['peak_mb']:>8.0f} {r['seconds']:>6.1f}", flush=True)
+    a_mb, b_mb = _fit(train_rows)
+    print(f"{'predict':<8} {'size':>11} {'base MB':>8} {'peak MB':>8} {'s':>6}", flush=True)
+    for size in grid["predict"]:
+        r = _run_child(["predict", str(size), str(PREDICT_CLASSES)])
+        r.update(size=size)
+        pred_rows.append(r)
+        tiled = " (tiled)" if r["tiled"] else ""
+        print(f"{'':<8} {size:>5}x{size:<5} {r['base_mb']:>8.0f} {r['peak_mb']:>8.0f} {r['seconds']:>6.1f}{tiled}", flush=True)
+    rule = f"training peak RSS ~ {a_mb:.0f} MB + {b_mb:.0f} MB x batch x crop^2 / 1e6"
+    worst = max(abs(r["peak_mb"] - (a_mb + b_mb * r["batch"] * r["crop"] ** 2 / 1e6)) for r in train_rows)
+    print(f"{rule}  (largest misfit {worst:.0f} MB)")
+    total = time.perf_counter() - t_all
+    print(f"total {total:.0f} s")
+    if a.record:
+        _record(a.quick, train_rows, pred_rows, rule, worst, total)
+
+
+def _record(quick: bool, train_rows: list[dict], pred_rows: list[dict], rule: str, worst: float, total: float) -> None:
+    lines = [
+        "",
+        "## Memory",
+        "",
+        f"`python benchmarks/memory.py{' --quick' if quick else ''} --record` ({total:.0f} s; {_machine()}; "
+        f"{time.strftime('%Y-%m-%d')}). Peak RSS (VmHWM) of a fresh process per row; *base* is the RSS "
+        "with the libraries imported and a model built.",
+        "",
+        f"Training: `segtune.train`, Unet + EfficientNet-Lite0, `full`, AdamW, ce+dice, {STEPS} steps on "
+        "512x512 images, validation and final evaluation included.",
+        "",
+        "| crop | batch | batch x crop^2 (Mpx) | base MB | peak MB | s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in train_rows:
+        mpx = r["batch"] * r["crop"] ** 2 / 1e6
+        lines.append(f"| {r['crop']} | {r['batch']} | {mpx:.2f} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
+    lines += [
+        "",
+        f"Fit: {rule} (largest misfit {worst:.0f} MB).",
+        "",
+        f"Prediction: `Predictor.predict_paths` on one PNG, {PREDICT_CLASSES} classes, tiles of 1024 "
+        "above 2048x2048 pixels.",
+        "",
+        "| image | tiled | base MB | peak MB | s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in pred_rows:
+        lines.append(f"| {r['size']}x{r['size']} | {'yes' if r['tiled'] else 'no'} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    path.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    print(f"appended to {path}")
+
+
+if __name__ == "__main__":
+    main()
