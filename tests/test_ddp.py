@@ -1,9 +1,10 @@
 """Data-parallel training: 2 CPU processes (gloo) through the CLI, plus the DDP helpers.
 
-The two end-to-end tests start ``python -m segtune.cli train ... --accelerator cpu --devices 2``
-in a subprocess (Lightning launches the second rank by re-running the command) and use the
+The end-to-end tests start ``python -m segtune.cli train ... --accelerator cpu --devices 2``
+in a subprocess (Lightning launches the second rank by re-running the command; the last one
+starts both ranks itself with Slurm's variables, as ``srun`` does) and use the
 ``SEGTUNE_TEST_DUMP_RANK_WEIGHTS`` hook: every rank writes its final weights and the validation
-metrics it computed. ~20-25 s each on 2 shared CPU cores.
+metrics it computed. 15-30 s each on 2 shared CPU cores.
 """
 
 from __future__ import annotations
@@ -120,6 +121,31 @@ def test_ddp_gradual_unfreezing_stays_in_sync(tmp_path: Path) -> None:
     s = len(changed)
     assert changed[: s - 2] == [0] * (s - 2), changed  # still frozen: bit-identical, BN stats too
     assert all(changed[s - 2 :]), changed  # unfrozen in epochs 1 and 2: trained on both ranks
+
+
+def test_ddp_started_like_srun_shares_one_run_folder(tmp_path: Path) -> None:
+    """Two processes started at once with Slurm's variables, as `srun` does (no Slurm needed)."""
+    data = make_squares_dataset(tmp_path / "sq", n_train=8, n_val=2)
+    out, dump = tmp_path / "runs", tmp_path / "dump"
+    procs = []
+    for r in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", SLURM_NTASKS="2",
+                   SLURM_NTASKS_PER_NODE="2", SLURM_PROCID=str(r), SLURM_LOCALID=str(r), SLURM_NODEID="0",
+                   SLURM_NNODES="1", SLURM_NODELIST="localhost", SLURM_JOB_ID=str(20000 + os.getpid() % 9000),
+                   SLURM_JOB_NAME="segtune", **{DUMP_ENV: str(dump)})
+        for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", RUN_DIR_ENV):
+            env.pop(k, None)
+        cmd = [sys.executable, "-m", "segtune.cli", "train", str(data), "--accelerator", "cpu", "--devices", "2",
+               "--max-steps", "2", "--batch-size", "2", "--crop-size", "64", "--out", str(out), "--name", "sl",
+               "--no-progress", "--set", "train.num_overlays=0", "--set", "train.early_stopping=0"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=180) for p in procs]
+    for p, (so, se) in zip(procs, results, strict=True):
+        assert p.returncode == 0, so[-2000:] + se[-4000:]
+    assert "val mIoU" in results[0][0] and results[1][0] == ""  # rank 1 prints nothing
+    assert sorted(q.name for q in out.iterdir()) == ["sl"] and (out / "sl" / "model.safetensors").is_file()
+    (w0, w1), _ = _ranks(dump)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
 # ------------------------------------------------------------------ helpers, no processes
