@@ -126,3 +126,11 @@ def test_cli_bad_input_exit_2_no_traceback(tmp_path: Path, capsys) -> None:
     assert main(["train", str(tmp_path), "--strategy", "frozen"]) == 2
     assert "choose one of" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "norun"), str(tmp_path)]) == 2
+
+
+def test_refused_run_leaves_no_folder(squares: Path, tmp_path: Path) -> None:
+    (squares / "train" / "masks" / "000.png").write_bytes(b"")  # unreadable mask -> refusal
+    cfg = _cfg(squares, tmp_path / "runs", train__max_steps=1, train__name="refused")
+    with pytest.raises(segtune.DataError, match="000.png"):
+        segtune.train(cfg)
+    assert not (tmp_path / "runs" / "refused").exists()

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from .. import _log
 from .._io import atomic_write_json, atomic_write_yaml
 from ..config import Config, apply_overrides
-from ..errors import ConfigError, DataError, RunError
+from ..errors import ConfigError, DataError, RunError, SegtuneError
 from .callbacks import AtomicCheckpointIO, HistoryCallback, StrategyCallback
 from .distributed import (
     RUN_DIR_ENV,
@@ -118,6 +118,36 @@ def train(
     resume: str | Path | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
 ) -> Run:
+    """Fine-tune a segmentation model and write a run folder (see :func:`_train`).
+
+    A run refused before training starts (bad data, bad weights) leaves no run folder behind.
+    """
+    created: list[Path] = []
+    try:
+        return _train(config, resume=resume, overrides=overrides, _created=created)
+    except SegtuneError:
+        for d in created:
+            _remove_if_unused(d)
+        raise
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Delete a run folder this call created if it holds nothing but its config.yaml."""
+    try:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {CONFIG_FILE}:
+            (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass
+
+
+def _train(
+    config: Config | dict | str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    _created: list[Path] | None = None,
+) -> Run:
     """Fine-tune a segmentation model and write a run folder.
 
     Args:
@@ -165,7 +195,10 @@ def train(
         if launch_rank(cfg.train.devices) == 0:
             name = cfg.train.name or free_run_name(cfg.train.out, f"{cfg.model.arch}-{cfg.strategy.name}")
             cfg.train.name = name
+            fresh = not (Path(cfg.train.out) / name).exists()
             run_dir = new_run_dir(cfg.train.out, name, overwrite=cfg.train.overwrite)
+            if fresh and _created is not None:
+                _created.append(run_dir)
             if world_size(cfg) > 1:  # the processes Lightning starts for DDP find the folder here
                 os.environ[RUN_DIR_ENV] = str(run_dir)
         else:  # DDP rank > 0: rank 0 owns the run folder; this process writes nothing there

@@ -1,0 +1,255 @@
+"""The hand-written alternative to segtune: a bare PyTorch training loop (no Lightning).
+
+What a user writes after reading the SMP README: the same network and ImageNet weights as
+segtune's default (SMP Unet + EfficientNet-Lite0 from ``segtune.models.create_model``), AdamW
+(torch defaults: weight decay 0.01) with a one-cycle learning-rate schedule, random crop + random
+horizontal flip as the only augmentation, everything trainable, BatchNorm in train mode, and one
+of two losses:
+
+* ``ce``: ``nn.CrossEntropyLoss(ignore_index=...)``;
+* ``wce+dice``: cross-entropy weighted by median-frequency balancing (``w_c = median(f) / f_c``
+  from the training masks' pixel frequencies, 0 for classes without pixels) + SMP's
+  ``DiceLoss("multiclass", ignore_index=...)``.
+
+Only the list of training/validation files comes from segtune (``SegDataModule``, so the bare
+loop sees exactly the seeded subset a segtune run of the same size sees); decoding, augmentation,
+batching, the loss, the optimiser and the loop are written here with plain PIL/NumPy/torch.
+Evaluation: full validation images, padded bottom/right to a multiple of 32 (mask padded with
+``ignore_index``), scored with segtune's confusion matrix (macro mIoU over present classes), the
+same rule every segtune run is scored with.
+
+Used by ``benchmarks/transfer_curve.py``; runnable alone for a quick look::
+
+    python benchmarks/bare_loop.py DATA_DIR --loss ce --steps 20 --max-train 23
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["LOSSES", "train_bare", "median_frequency_weights"]
+
+LOSSES = ("ce", "wce+dice")
+
+
+def _read_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(Image.open(img).convert("RGB"), dtype=np.uint8)
+    m = np.asarray(Image.open(mask), dtype=np.int64)
+    if m.ndim == 3:  # an index mask saved as RGB: take one channel
+        m = m[..., 0]
+    return image, m
+
+
+class PairDataset(Dataset):
+    """Decoded pairs kept in memory; ``train=True`` gives random crop + flip samples.
+
+    Training samples: pad to at least ``crop`` on each side (image with 0 after normalisation,
+    mask with ``ignore_index``), take a random ``crop x crop`` window, flip left-right with p=0.5.
+    Evaluation samples: the full image, padded bottom/right to a multiple of 32.
+    """
+
+    def __init__(self, pairs: list[tuple[Path, Path]], mean: tuple[float, ...], std: tuple[float, ...],
+                 ignore_index: int, crop: int | None) -> None:
+        self.data = [_read_pair(Path(i), Path(m)) for i, m in pairs]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.ignore_index = int(ignore_index)
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _pad(self, x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ph, pw = h - x.shape[1], w - x.shape[2]
+        if ph > 0 or pw > 0:
+            x = F.pad(x, (0, max(pw, 0), 0, max(ph, 0)), value=0.0)
+            y = F.pad(y, (0, max(pw, 0), 0, max(ph, 0)), value=self.ignore_index)
+        return x, y
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.data[i]
+        x = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)
+        x = (x - self.mean) / self.std
+        y = torch.from_numpy(mask.copy())
+        if self.crop is None:
+            h, w = x.shape[1:]
+            return self._pad(x, y, math.ceil(h / 32) * 32, math.ceil(w / 32) * 32)
+        c = self.crop
+        x, y = self._pad(x, y, max(c, x.shape[1]), max(c, x.shape[2]))
+        top = int(torch.randint(0, x.shape[1] - c + 1, ()))
+        left = int(torch.randint(0, x.shape[2] - c + 1, ()))
+        x, y = x[:, top:top + c, left:left + c], y[top:top + c, left:left + c]
+        if torch.rand(()) < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        return x.contiguous(), y.contiguous()
+
+
+def median_frequency_weights(masks: list[np.ndarray], num_classes: int) -> torch.Tensor:
+    """``w_c = median(f) / f_c`` over classes with pixels (f = pixel frequency); 0 for absent classes."""
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for m in masks:
+        v = m[(m >= 0) & (m < num_classes)]
+        counts += np.bincount(v.ravel(), minlength=num_classes)[:num_classes]
+    freq = counts / max(counts.sum(), 1.0)
+    present = freq > 0
+    w = np.zeros(num_classes)
+    w[present] = np.median(freq[present]) / freq[present]
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _build_loss(name: str, num_classes: int, ignore_index: int, masks: list[np.ndarray]) -> nn.Module:
+    if name == "ce":
+        return nn.CrossEntropyLoss(ignore_index=ignore_index)
+    if name == "wce+dice":
+        import segmentation_models_pytorch as smp
+
+        ce = nn.CrossEntropyLoss(weight=median_frequency_weights(masks, num_classes), ignore_index=ignore_index)
+        dice = smp.losses.DiceLoss("multiclass", ignore_index=ignore_index)
+
+        class _Sum(nn.Module):
+            def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                return ce(logits, target) + dice(logits, target)
+
+        return _Sum()
+    raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, ds: PairDataset, num_classes: int, ignore_index: int,
+             class_names: list[str], batch_size: int = 4) -> dict[str, Any]:
+    """segtune's metrics (one confusion matrix, macro over present classes) on full images."""
+    from segtune.metrics import confusion_matrix, segmentation_metrics
+
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    # all images of a batch must share a size: batch images of equal padded size only
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, (img, _) in enumerate(ds.data):
+        by_size.setdefault(img.shape[:2], []).append(i)
+    for idx in by_size.values():
+        for s in range(0, len(idx), batch_size):
+            items = [ds[i] for i in idx[s:s + batch_size]]
+            x = torch.stack([t[0] for t in items])
+            y = torch.stack([t[1] for t in items])
+            cm += confusion_matrix(model(x).argmax(1), y, num_classes, ignore_index)
+    return segmentation_metrics(cm.numpy(), class_names)
+
+
+def train_bare(
+    data_root: str | Path,
+    *,
+    loss: str = "ce",
+    steps: int = 100,
+    batch_size: int = 8,
+    crop_size: int = 384,
+    lr: float = 1e-3,
+    seed: int = 0,
+    max_train_images: int | None = None,
+    max_val_images: int | None = None,
+    arch: str = "unet",
+    encoder: str = "tf_efficientnet_lite0",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train the default model with a hand-written loop and score it on the validation split.
+
+    Args:
+        data_root: a data set segtune can read (folder with dataset.yaml, or the yaml).
+        loss: ``ce`` or ``wce+dice`` (see the module docstring).
+        steps: optimiser steps (the one-cycle schedule spans exactly these).
+        batch_size, crop_size: training batch and square crop side.
+        lr: one-cycle ``max_lr``.
+        seed: seeds torch (initialisation, crops, flips, order) and picks the same seeded
+            subset of training/validation pairs as a segtune run with ``train.seed=seed``.
+        max_train_images, max_val_images: seeded subsets (as ``data.max_*_images``).
+
+    Returns:
+        ``{"metrics": segmentation_metrics dict, "seconds", "steps", "train_images", "val_images",
+        "final_train_loss"}``.
+    """
+    from segtune.config import DataConfig
+    from segtune.data import SegDataModule, load_dataset_spec
+    from segtune.models import create_model
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    spec = load_dataset_spec(data_root)
+    C, ign = spec.num_classes, spec.ignore_index
+    model = create_model(arch, encoder, num_classes=C, weights="imagenet")
+    # only the file lists come from segtune: the same seeded subsets as a segtune run
+    dm = SegDataModule(spec, DataConfig(max_train_images=max_train_images, max_val_images=max_val_images),
+                       model.mean, model.std, seed=seed)
+    train_ds = PairDataset(dm.train_pairs, model.mean, model.std, ign, crop_size)
+    val_ds = PairDataset(dm.val_pairs, model.mean, model.std, ign, None)
+    loss_fn = _build_loss(loss, C, ign, [m for _, m in train_ds.data])
+
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen,
+                        drop_last=len(train_ds) > batch_size, num_workers=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    log(f"bare loop ({loss}): {len(train_ds)} train / {len(val_ds)} val images, {steps} steps, "
+        f"batch {batch_size}, crop {crop_size}, AdamW + one-cycle max_lr {lr:g}")
+    step, last = 0, float("nan")
+    model.train()
+    while step < steps:
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            out = loss_fn(model(x), y)
+            out.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            last = float(out.detach())
+            if step % 25 == 0 or step == steps:
+                log(f"  step {step}/{steps}  loss {last:.4f}")
+            if step >= steps:
+                break
+    metrics = evaluate(model, val_ds, C, ign, list(spec.classes))
+    seconds = time.perf_counter() - t0
+    log(f"bare loop ({loss}): val mIoU {metrics['miou']:.4f}, {seconds:.0f} s")
+    return {
+        "metrics": metrics,
+        "seconds": round(seconds, 1),
+        "steps": step,
+        "train_images": len(train_ds),
+        "val_images": len(val_ds),
+        "final_train_loss": last,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data")
+    p.add_argument("--loss", choices=LOSSES, default="ce")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop-size", type=int, default=384)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--max-val", type=int, default=None)
+    a = p.parse_args(argv)
+    r = train_bare(a.data, loss=a.loss, steps=a.steps, batch_size=a.batch_size, crop_size=a.crop_size,
+                   lr=a.lr, seed=a.seed, max_train_images=a.max_train, max_val_images=a.max_val)
+    for c in r["metrics"]["per_class"]:
+        iou = "n/a" if c["iou"] is None else f"{c['iou']:.4f}"
+        print(f"{c['name']:>12} {iou}")
+    print(f"{'mIoU':>12} {r['metrics']['miou']:.4f}  ({r['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
