@@ -35,7 +35,7 @@ __all__ = [
     "LOSSES",
 ]
 
-STRATEGIES = ("head", "partial", "full", "discriminative", "gradual", "scratch")
+STRATEGIES = ("auto", "head", "partial", "full", "discriminative", "gradual", "scratch")
 LOSSES = ("ce", "dice", "focal", "ce+dice")
 CLASS_WEIGHTS = ("none", "inverse", "median")
 SCHEDULES = ("cosine", "poly", "constant")
@@ -108,7 +108,8 @@ class StrategyConfig:
     """How transfer happens: which parameters train, at which learning rate, when.
 
     Attributes:
-        name: ``head`` | ``partial`` | ``full`` | ``discriminative`` | ``gradual`` | ``scratch``.
+        name: ``auto`` (chosen from the number of training images by the measured table in
+            :mod:`segtune.strategies.auto`; the choice and why is printed) | ``head`` | ``partial`` | ``full`` | ``discriminative`` | ``gradual`` | ``scratch``.
         freeze_stages: ``partial``: number of encoder stages (from the input side) kept frozen.
         encoder_lr_factor: ``discriminative``: encoder LR = head LR x this factor.
         stage_lr_decay: ``discriminative``: if set, stage k from the top gets factor x decay**k.
@@ -116,7 +117,7 @@ class StrategyConfig:
         unfreeze_every: ``gradual``: epochs between unfreezing successive encoder stages (deepest first).
     """
 
-    name: str = "full"
+    name: str = "auto"
     freeze_stages: int = 2
     encoder_lr_factor: float = 0.1
     stage_lr_decay: float | None = None
@@ -147,7 +148,8 @@ class OptimConfig:
 
     Attributes:
         optimizer: ``adamw`` | ``sgd`` (momentum 0.9, nesterov).
-        lr: learning rate of the decoder/head (encoder groups derive theirs from the strategy).
+        lr: learning rate of the decoder/head (encoder groups derive theirs from the strategy);
+            ``None`` = the measured default for the strategy and data size (printed).
         weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
         schedule: ``cosine`` | ``poly`` | ``constant``, stepped per optimiser step.
         warmup_steps: linear warm-up length in optimiser steps (0 disables it).
@@ -159,7 +161,7 @@ class OptimConfig:
     """
 
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    lr: float | None = None
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_steps: int = 20
@@ -172,7 +174,7 @@ class TrainConfig:
     """Loop length, reproducibility, devices and outputs.
 
     Attributes:
-        epochs: maximum number of epochs.
+        epochs: maximum number of epochs; ``None`` = the measured default for the data size (printed).
         max_steps: stop after this many optimiser steps (overrides epochs when set).
         seed: seeds Python, NumPy and torch; a CPU run with the same seed repeats exactly.
         early_stopping: stop when val mIoU has not improved for this many validations (0 disables).
@@ -197,7 +199,7 @@ class TrainConfig:
             and the optimiser state, roughly 3x the model size).
     """
 
-    epochs: int = 30
+    epochs: int | None = None
     max_steps: int | None = None
     seed: int = 0
     early_stopping: int = 10
@@ -274,11 +276,13 @@ class Config:
         _choice("optim.lr_scaling", self.optim.lr_scaling, LR_SCALING)
         _choice("data.cache", self.data.cache, ("auto", "ram", "none"))
         _choice("train.precision", self.train.precision, ("auto", "32", "16-mixed", "bf16-mixed"))
-        _positive("optim.lr", self.optim.lr)
+        if self.optim.lr is not None:
+            _positive("optim.lr", self.optim.lr)
         _nonneg("optim.weight_decay", self.optim.weight_decay)
         _nonneg("optim.warmup_steps", self.optim.warmup_steps)
         _nonneg("optim.grad_clip", self.optim.grad_clip)
-        _positive("train.epochs", self.train.epochs)
+        if self.train.epochs is not None:
+            _positive("train.epochs", self.train.epochs)
         if self.train.max_steps is not None:
             _positive("train.max_steps", self.train.max_steps)
         _nonneg("train.early_stopping", self.train.early_stopping)
@@ -374,9 +378,10 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own message is the clearest
+            return _coerce(value, real[0], name, source)
+        for a in real:
             try:
                 return _coerce(value, a, name, source)
             except ConfigError:

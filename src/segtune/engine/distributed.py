@@ -41,6 +41,7 @@ from lightning.pytorch.plugins.layer_sync import LayerSync
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from .run import default_run_name
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -106,7 +107,7 @@ def follower_run_dir(cfg: Config) -> Path:
     given = os.environ.get(RUN_DIR_ENV)
     if given:
         return Path(given)
-    name = cfg.train.name or f"{cfg.model.arch}-{cfg.strategy.name}"
+    name = cfg.train.name or default_run_name(cfg.model.arch, cfg.strategy.name)
     return Path(cfg.train.out) / name
 
 

@@ -37,10 +37,12 @@ def evaluate_model(
     Returns:
         Metrics dict with ``confusion_matrix`` ((C,C) nested list, rows = truth) added.
     """
+    from ..inference.predictor import cpu_channels_last
     from ..metrics import confusion_matrix, segmentation_metrics
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
+    channels_last = cpu_channels_last(model, device)  # faster CPU convolutions
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     it = loader
     if progress:
@@ -49,6 +51,8 @@ def evaluate_model(
         it = progress_iter(loader, "evaluating", total=len(loader))
     for batch in it:
         x = batch["image"].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
         cm += confusion_matrix(logits.argmax(1).cpu(), batch["mask"], num_classes, ignore_index)
     m = segmentation_metrics(cm.numpy(), class_names)

@@ -77,17 +77,43 @@ class SegTuneModule(L.LightningModule):
         self._train_loss_n = 0
         self._val_loss_sum = 0.0
         self._val_loss_n = 0
+        self._fill_uninitialized: bool | None = None
+        self._channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        # train.deterministic makes Lightning call torch.use_deterministic_algorithms(True), which
+        # also fills every newly allocated tensor with NaN / max-int (fill_uninitialized_memory):
+        # ~4-5% of a CPU training step (benchmarks/overhead.py) and no effect on results, since
+        # no op here reads memory it did not write (tests/test_resume.py checks bitwise repeats).
+        # Off while Lightning runs this module; teardown restores the user's setting.
+        det = getattr(torch.utils, "deterministic", None)
+        if det is not None and hasattr(det, "fill_uninitialized_memory") and self._fill_uninitialized is None:
+            self._fill_uninitialized = bool(det.fill_uninitialized_memory)
+            det.fill_uninitialized_memory = False
+        if self.trainer.world_size == 1:  # one CPU process: NHWC convolutions (DDP left as is)
+            from ..inference.predictor import cpu_channels_last
+
+            self._channels_last = cpu_channels_last(self.model, self.trainer.strategy.root_device)
+
+    def teardown(self, stage: str) -> None:
+        if self._fill_uninitialized is not None:
+            torch.utils.deterministic.fill_uninitialized_memory = self._fill_uninitialized
+            self._fill_uninitialized = None
 
     # ----------------------------------------------------------------- train
     def on_train_epoch_start(self) -> None:
         self._train_loss_sum, self._train_loss_n = 0.0, 0
 
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x, y = batch["image"], batch["mask"]
-        logits = self.model(x)
+        logits = self.model(self._input(x))
         loss = self.loss_fn(logits, y)
         self._train_loss_sum += float(loss.detach())
         self._train_loss_n += 1
@@ -113,7 +139,7 @@ class SegTuneModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         x, y = batch["image"], batch["mask"]
-        logits = self.model(x)
+        logits = self.model(self._input(x))
         loss = self.loss_fn(logits, y)
         if torch.isfinite(loss):
             self._val_loss_sum += float(loss) * x.shape[0]

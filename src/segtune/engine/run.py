@@ -108,6 +108,11 @@ def new_run_dir(out: str | Path, name: str, overwrite: bool = False) -> Path:
     return run
 
 
+def default_run_name(arch: str, strategy: str) -> str:
+    """``<arch>-<strategy>``, or just ``<arch>`` while the strategy is still ``auto``."""
+    return arch if strategy == "auto" else f"{arch}-{strategy}"
+
+
 def free_run_name(out: str | Path, base: str) -> str:
     """``base``, or ``base-2``, ``base-3``, ... whichever does not exist yet under ``out``."""
     out = Path(out)

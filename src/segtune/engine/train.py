@@ -43,7 +43,16 @@ from .resume import (
     fingerprint,
     remove_stale_temp_files,
 )
-from .run import CONFIG_FILE, METRICS_FILE, MODEL_META, Run, free_run_name, new_run_dir, save_model
+from .run import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_META,
+    Run,
+    default_run_name,
+    free_run_name,
+    new_run_dir,
+    save_model,
+)
 
 __all__ = ["train", "resolve_config", "resolve_precision"]
 
@@ -193,7 +202,7 @@ def _train(
             raise ConfigError("data.root is not set: pass the data set folder (e.g. `segtune train DATA`)")
         check_distributed_config(cfg)
         if launch_rank(cfg.train.devices) == 0:
-            name = cfg.train.name or free_run_name(cfg.train.out, f"{cfg.model.arch}-{cfg.strategy.name}")
+            name = cfg.train.name or free_run_name(cfg.train.out, default_run_name(cfg.model.arch, cfg.strategy.name))
             cfg.train.name = name
             fresh = not (Path(cfg.train.out) / name).exists()
             run_dir = new_run_dir(cfg.train.out, name, overwrite=cfg.train.overwrite)
@@ -226,6 +235,11 @@ def _train(
             _log.warn(f"skipped: {p}")
         skip = set(getattr(report, "bad_files", set()))
 
+    if resume is None:
+        from ..strategies.auto import resolve_auto
+
+        for note in resolve_auto(cfg, _count_train_images(cfg, spec, report, skip)):
+            _log.info(note)
     if rank == 0 and (not (run_dir / CONFIG_FILE).is_file() or resume is None):
         atomic_write_yaml(run_dir / CONFIG_FILE, cfg.to_dict())
 
@@ -371,6 +385,18 @@ def _train(
         f"results in {run_dir}"
     )
     return Run(dir=run_dir, metrics=metrics, history=history.rows, summary=summary)
+
+
+def _count_train_images(cfg: Config, spec: Any, report: Any, skip: set[Path]) -> int:
+    """Training images the run will see (before the datamodule exists): usable train pairs,
+    minus the val share when the data set has no val split, capped by data.max_train_images."""
+    pairs = [p for p in report.pairs.get("train", []) if p[0] not in skip]
+    n = len(pairs)
+    if "val" not in spec.splits:
+        n = max(1, n - max(1, round(n * cfg.data.val_fraction)))
+    if cfg.data.max_train_images:
+        n = min(n, cfg.data.max_train_images)
+    return n
 
 
 def _quiet_lightning() -> None:
