@@ -45,8 +45,8 @@ LOSSES = ("ce", "wce+dice")
 
 
 def _read_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
-    image = np.asarray(Image.open(img).convert("RGB"), dtype=np.uint8)
-    m = np.asarray(Image.open(mask), dtype=np.int64)
+    image = np.array(Image.open(img).convert("RGB"), dtype=np.uint8)
+    m = np.array(Image.open(mask), dtype=np.int64)
     if m.ndim == 3:  # an index mask saved as RGB: take one channel
         m = m[..., 0]
     return image, m

@@ -29,6 +29,9 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "lr": ("optim.lr", float, "learning rate of the decoder/head"),
     "batch_size": ("data.batch_size", int, "training batch size (per device: DDP's global batch is devices x nodes x this)"),
     "crop_size": ("data.crop_size", int, "training crop side (multiple of 32)"),
+    "augment": ("data.augment", str, "full (rescale, crop, flip, colour jitter) | flip (whole images, random flips only)"),
+    "cache_features": ("train.cache_features", str, "auto | on | off: head strategy + --augment flip trains the "
+                       "decoder from encoder features computed once per image and flip (auto: when valid)"),
     "loss": ("loss.name", str, "ce | dice | focal | ce+dice"),
     "class_weights": ("loss.class_weights", str, "none | inverse | median"),
     "seed": ("train.seed", int, "random seed (a CPU run repeats exactly)"),

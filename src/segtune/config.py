@@ -41,6 +41,7 @@ CLASS_WEIGHTS = ("none", "inverse", "median")
 SCHEDULES = ("cosine", "poly", "constant")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCALING = ("none", "linear", "sqrt")
+AUGMENTS = ("full", "flip")
 
 
 @dataclass
@@ -56,12 +57,19 @@ class DataConfig:
         scale_min, scale_max: random rescale range applied before the crop.
         hflip: random horizontal flip in training.
         color_jitter: strength of brightness/contrast/saturation jitter (0 disables it).
+        augment: ``full`` (random rescale, crop, flip and colour jitter as set above) or
+            ``flip``: whole images, no rescale/crop/jitter, each padded bottom/right to the
+            training set's largest size (rounded up to a multiple of 32; mask padding is
+            ``ignore_index``) and flipped horizontally at random when ``hflip`` is set. With
+            the ``head`` strategy, ``flip`` lets the frozen encoder's features be cached
+            (``train.cache_features``).
         batch_size: training batch size (per device).
         val_batch_size: evaluation batch size.
         num_workers: data-loader worker processes (0 = load in the main process).
         cache: ``auto`` keeps decoded images in RAM when they fit in ``cache_max_gb``,
             ``ram`` always, ``none`` never.
-        cache_max_gb: RAM budget for the decoded-image cache, GiB.
+        cache_max_gb: RAM budget for the decoded-image cache, GiB; also the budget of the
+            frozen-encoder feature cache (``train.cache_features``), which goes to disk above it.
         max_train_images, max_val_images: use only the first N (seeded shuffle) pairs; for quick runs.
         skip_bad: train on the usable pairs when check-data finds problems (listed), instead of refusing.
         max_pixels: refuse images larger than this many pixels (Pillow's bomb guard is raised to it).
@@ -74,6 +82,7 @@ class DataConfig:
     scale_max: float = 2.0
     hflip: bool = True
     color_jitter: float = 0.2
+    augment: str = "full"
     batch_size: int = 8
     val_batch_size: int = 4
     num_workers: int = 0
@@ -197,6 +206,14 @@ class TrainConfig:
             seed, ends with bitwise the same weights as an uninterrupted run. ``0`` = auto:
             every 50 steps, but at most one save per minute (a checkpoint holds the weights
             and the optimiser state, roughly 3x the model size).
+        cache_features: ``auto`` | ``on`` | ``off``. Frozen-encoder feature cache: with the
+            ``head`` strategy and ``data.augment: flip`` on an SMP architecture, single
+            process, the encoder is a fixed function of (image, flip), so its features are
+            computed once per training image and flip (fp16, in RAM within
+            ``data.cache_max_gb``, else in memory-mapped files under ``<run>/feature_cache/``,
+            deleted at the end of the run) and the decoder trains from them. ``auto`` = on
+            exactly when that holds (the run log says which and why); ``on`` refuses a run
+            where it does not hold; ``off`` always runs the encoder.
     """
 
     epochs: int | None = None
@@ -216,6 +233,7 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = True
     checkpoint_every: int = 0
+    cache_features: str = "auto"
 
 
 @dataclass
@@ -275,6 +293,21 @@ class Config:
         _choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
         _choice("optim.lr_scaling", self.optim.lr_scaling, LR_SCALING)
         _choice("data.cache", self.data.cache, ("auto", "ram", "none"))
+        _choice("data.augment", self.data.augment, AUGMENTS)
+        _choice("train.cache_features", self.train.cache_features, ("auto", "on", "off"))
+        if self.train.cache_features == "on":
+            if self.data.augment != "flip":
+                raise ConfigError(
+                    "train.cache_features=on needs data.augment=flip (random rescale, crop and "
+                    "colour jitter change the encoder's input every epoch, so its features "
+                    "cannot be cached; use --augment flip or --cache-features auto)"
+                )
+            if self.strategy.name not in ("head", "auto"):
+                raise ConfigError(
+                    f"train.cache_features=on needs strategy head (strategy {self.strategy.name} "
+                    "trains the encoder, so its features change every step; use --strategy head "
+                    "or --cache-features auto)"
+                )
         _choice("train.precision", self.train.precision, ("auto", "32", "16-mixed", "bf16-mixed"))
         if self.optim.lr is not None:
             _positive("optim.lr", self.optim.lr)
@@ -361,6 +394,10 @@ def _get_section(cfg: Config, section: str, source: str) -> Any:
     return getattr(cfg, section)
 
 
+# string options with on/off values
+_ON_OFF_KEYS = frozenset({"train.cache_features"})
+
+
 def _set_field(sec: Any, section: str, key: str, value: Any, source: str) -> None:
     by_name = {f.name: f for f in fields(sec)}
     if key not in by_name:
@@ -369,6 +406,8 @@ def _set_field(sec: Any, section: str, key: str, value: Any, source: str) -> Non
             f"{source}: unknown key '{section}.{key}'{_did_you_mean(key, valid)}; valid: {', '.join(valid)}"
         )
     hint = typing.get_type_hints(type(sec))[key]
+    if isinstance(value, bool) and f"{section}.{key}" in _ON_OFF_KEYS:
+        value = "on" if value else "off"  # YAML reads a bare on/off (yes/no) as a boolean
     setattr(sec, key, _coerce(value, hint, f"{section}.{key}", source))
 
 

@@ -19,7 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .. import _log
 from ..errors import DataError
 from .dataset import Pair, SegDataset, estimate_cache_bytes, mask_storage_dtype, pad_collate
-from .transforms import eval_transforms, train_transforms
+from .transforms import eval_transforms, flip_only_transforms, train_transforms
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -149,6 +149,8 @@ class SegDataModule(L.LightningDataModule):
         self._use_cache: bool = False
         self._class_counts: np.ndarray | None = None
         self._train_position: dict[str, int] | None = None
+        self._pad_size: tuple[int, int] | None = None
+        self._feature_ds: Any = None  # CachedFeatureDataset when training from cached features
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
@@ -292,8 +294,15 @@ class SegDataModule(L.LightningDataModule):
         return self._use_cache
 
     def train_transform(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        """The training transform built from the config."""
+        """The training transform built from the config.
+
+        ``data.augment: flip``: whole images, flipped at random (``data.hflip``), normalised and
+        padded to :meth:`train_pad_size`; otherwise rescale / crop / flip / jitter.
+        """
         c = self.cfg
+        if getattr(c, "augment", "full") == "flip":
+            return flip_only_transforms(self.mean, self.std, self.ignore_index,
+                                        p=0.5 if c.hflip else 0.0, size=self.train_pad_size())
         return train_transforms(
             c.crop_size, self.mean, self.std, self.ignore_index,
             scale=(c.scale_min, c.scale_max), hflip=c.hflip, color_jitter=c.color_jitter,
@@ -302,6 +311,30 @@ class SegDataModule(L.LightningDataModule):
     def eval_transform(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """The evaluation transform (normalise + pad to a multiple of 32)."""
         return eval_transforms(self.mean, self.std, self.ignore_index)
+
+    def train_pad_size(self) -> tuple[int, int]:
+        """``(H, W)``: the largest training image (from headers), rounded up to a multiple of 32.
+
+        ``data.augment: flip`` pads every training image to it, so whole images stack into
+        batches and a cached feature map equals the live encoder's on the padded image.
+        """
+        if self._pad_size is None:
+            from .decode import image_size
+
+            assert self._train_pairs is not None, "setup() first"
+            sizes = [image_size(i) for i, _ in self._train_pairs]
+            self._pad_size = (_round32(max(h for _, h in sizes)), _round32(max(w for w, _ in sizes)))
+        return self._pad_size
+
+    def set_feature_dataset(self, ds: Any) -> None:
+        """Train from cached encoder features (a :class:`~segtune.data.feature_cache.CachedFeatureDataset`,
+        same length and keys as :attr:`train_dataset`), or from images again with ``None``."""
+        self._feature_ds = ds
+
+    @property
+    def feature_dataset(self) -> Any:
+        """The cached-feature training dataset in use, or ``None``."""
+        return self._feature_ds
 
     def dataset(self, split: str, transform: Callable[[dict[str, Any]], dict[str, Any]] | None) -> SegDataset:
         """The ``train`` or ``val`` pairs with another transform, sharing the RAM cache.
@@ -367,7 +400,7 @@ class SegDataModule(L.LightningDataModule):
         Drops the last partial batch only when there is more than one batch. Under
         data-parallel training each rank gets its share (the sampler is the distributed one).
         """
-        ds = self.train_dataset
+        ds = self._feature_ds if self._feature_ds is not None else self.train_dataset
         bs = int(self.cfg.batch_size)
         world, rank = 1, 0
         trainer = getattr(self, "trainer", None)
@@ -379,9 +412,13 @@ class SegDataModule(L.LightningDataModule):
             self._train_position = None
         gen = torch.Generator()  # for the workers' base seed only: keeps the global RNG untouched
         gen.manual_seed(self.seed)
+        kw = self._loader_kwargs()
+        if self._feature_ds is not None:
+            from .feature_cache import feature_collate
+
+            kw["collate_fn"] = feature_collate
         return DataLoader(
-            ds, batch_size=bs, sampler=sampler, generator=gen, drop_last=len(sampler) > bs,
-            **self._loader_kwargs(),
+            ds, batch_size=bs, sampler=sampler, generator=gen, drop_last=len(sampler) > bs, **kw,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -392,6 +429,10 @@ class SegDataModule(L.LightningDataModule):
             self.val_dataset, batch_size=int(self.cfg.val_batch_size), shuffle=False, generator=gen,
             **self._loader_kwargs(),
         )
+
+
+def _round32(n: int) -> int:
+    return int(math.ceil(int(n) / 32) * 32)
 
 
 def _norm(p: Path | str) -> Path:

@@ -194,16 +194,22 @@ class PadToMultiple(_Transform):
     Args:
         multiple: size granularity (default 32).
         fill: per-type fill, e.g. ``{tv_tensors.Mask: 255, "others": 0}``.
+        size: optional ``(height, width)`` to pad to at least (e.g. a data set's largest
+            padded size, so whole images of different sizes stack into one batch).
     """
 
-    def __init__(self, multiple: int = 32, fill: dict[Any, Fill] | None = None) -> None:
+    def __init__(
+        self, multiple: int = 32, fill: dict[Any, Fill] | None = None, size: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         self.multiple = int(multiple)
         self.fill = dict(fill or {"others": 0})
+        self.size = (int(size[0]), int(size[1])) if size is not None else (0, 0)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
-        return {"height": _round_up(h, self.multiple), "width": _round_up(w, self.multiple)}
+        return {"height": max(_round_up(h, self.multiple), self.size[0]),
+                "width": max(_round_up(w, self.multiple), self.size[1])}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.Video)):
@@ -302,6 +308,7 @@ def flip_only_transforms(
     ignore_index: int,
     p: float = 0.5,
     multiple: int = 32,
+    size: tuple[int, int] | None = None,
 ) -> v2.Compose:
     """Crop-free preset for feature caching: horizontal flip with probability ``p`` only.
 
@@ -315,6 +322,8 @@ def flip_only_transforms(
         ignore_index: label written into padded mask pixels.
         p: flip probability.
         multiple: size granularity of the padded output.
+        size: pad to at least ``(height, width)`` (``data.augment: flip`` pads every training
+            image to the data set's largest padded size); the flip happens before padding.
 
     Returns:
         A ``v2.Compose`` with the same input/output types as :func:`eval_transforms`.
@@ -323,5 +332,5 @@ def flip_only_transforms(
     if p > 0:
         steps.append(v2.RandomHorizontalFlip(p=float(p)))
     steps += _to_float_and_normalize(mean, std)
-    steps.append(PadToMultiple(multiple, {tv_tensors.Mask: int(ignore_index), "others": 0.0}))
+    steps.append(PadToMultiple(multiple, {tv_tensors.Mask: int(ignore_index), "others": 0.0}, size=size))
     return v2.Compose(steps)

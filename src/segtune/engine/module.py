@@ -89,7 +89,8 @@ class SegTuneModule(L.LightningModule):
         # also fills every newly allocated tensor with NaN / max-int (fill_uninitialized_memory):
         # ~4-5% of a CPU training step (benchmarks/overhead.py) and no effect on results, since
         # no op here reads memory it did not write (tests/test_resume.py checks bitwise repeats).
-        # Off while Lightning runs this module; teardown restores the user's setting.
+        # Off while Lightning runs this module; teardown restores the user's setting (Lightning
+        # skips teardown when fit raises, e.g. on an interrupt: the flag then stays off).
         det = getattr(torch.utils, "deterministic", None)
         if det is not None and hasattr(det, "fill_uninitialized_memory") and self._fill_uninitialized is None:
             self._fill_uninitialized = bool(det.fill_uninitialized_memory)
@@ -112,12 +113,16 @@ class SegTuneModule(L.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x, y = batch["image"], batch["mask"]
-        logits = self.model(self._input(x))
+        y = batch["mask"]
+        if "features" in batch:  # frozen-encoder feature cache: float16 features -> float32 decoder
+            feats = [self._input(f.float()) for f in batch["features"]]
+            logits = self.model.decode(feats)
+        else:
+            logits = self.model(self._input(batch["image"]))
         loss = self.loss_fn(logits, y)
         self._train_loss_sum += float(loss.detach())
         self._train_loss_n += 1
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=y.shape[0])
         return loss
 
     def train_epoch_loss(self) -> float | None:
@@ -138,8 +143,10 @@ class SegTuneModule(L.LightningModule):
         self._val_loss_sum, self._val_loss_n = 0.0, 0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        from .evaluate import forward_chunked
+
         x, y = batch["image"], batch["mask"]
-        logits = self.model(self._input(x))
+        logits = forward_chunked(self.model, self._input(x))  # CPU: large images one at a time
         loss = self.loss_fn(logits, y)
         if torch.isfinite(loss):
             self._val_loss_sum += float(loss) * x.shape[0]

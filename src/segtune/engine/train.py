@@ -269,6 +269,11 @@ def _train(
     lr = cfg.optim.lr * lr_factor(cfg.optim.lr_scaling, world)
     strategy = build_strategy(model, cfg.strategy, lr)
     summary = _print_strategy(strategy, model)
+    from ..data.feature_cache import cache_decision
+
+    use_feature_cache, cache_line = cache_decision(cfg, model, world, strategy)
+    if use_feature_cache or cfg.strategy.name == "head" or cfg.data.augment == "flip":
+        _log.info(cache_line)
     optim_cfg = dataclasses.replace(cfg.optim, lr=lr)
     module = SegTuneModule(model, strategy, loss, optim_cfg, spec.num_classes, spec.ignore_index, spec.classes)
 
@@ -310,6 +315,9 @@ def _train(
         log_every_n_steps=1,
     )
     _log.info(f"training on {trainer.strategy.root_device}, precision {precision}, run folder {run_dir}")
+    feature_store = None
+    if use_feature_cache:
+        feature_store = _use_feature_cache(dm, model, cfg, run_dir, trainer.strategy.root_device)
     if world > 1:
         _log.info(ddp_summary(world, cfg.data.batch_size, cfg.optim.lr, cfg.optim.lr_scaling))
         if strategy.static:
@@ -325,7 +333,12 @@ def _train(
         resume_hint = f"continue with `segtune train --resume {run_dir}`"
         try:
             with interrupt:
-                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+                try:
+                    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+                finally:
+                    if feature_store is not None:  # RAM freed, <run>/feature_cache/ deleted
+                        dm.set_feature_dataset(None)
+                        feature_store.release()
         except StopRequested:
             raise Interrupted(
                 f"{run_dir}: training stopped by {interrupt.signal_name or 'an interrupt'} at step "
@@ -365,6 +378,7 @@ def _train(
         val_images=len(dm.val_pairs),
         precision=precision,
         processes=world,
+        feature_cache=use_feature_cache,
     )
     meta = {
         "classes": list(spec.classes),
@@ -385,6 +399,27 @@ def _train(
         f"results in {run_dir}"
     )
     return Run(dir=run_dir, metrics=metrics, history=history.rows, summary=summary)
+
+
+def _use_feature_cache(dm: Any, model: torch.nn.Module, cfg: Config, run_dir: Path, device: torch.device) -> Any:
+    """Compute the frozen encoder's features of every training image (and mirror) and make the
+    data module serve them; returns the :class:`~segtune.data.feature_cache.FeatureStore`."""
+    from ..data.feature_cache import FEATURE_CACHE_DIR, CachedFeatureDataset, build_feature_cache
+    from ..inference.predictor import cpu_channels_last
+
+    model.to(device)
+    # the same NHWC decision SegTuneModule.setup makes for one CPU process, so the cached
+    # features are computed exactly as the live encoder would compute them in training
+    channels_last = cpu_channels_last(model, device)
+    size = dm.train_pad_size()
+    store = build_feature_cache(
+        model, dm.train_dataset, size, model.mean, model.std, hflip=cfg.data.hflip,
+        budget_bytes=float(cfg.data.cache_max_gb) * 2**30, disk_dir=run_dir / FEATURE_CACHE_DIR,
+        batch_size=int(cfg.data.batch_size), channels_last=channels_last, progress=cfg.train.progress,
+    )
+    dm.set_feature_dataset(CachedFeatureDataset(dm.train_dataset, store, size, 0.5 if cfg.data.hflip else 0.0))
+    dm.train_dataset.clear_cache()  # decoded training images are not needed any more
+    return store
 
 
 def _count_train_images(cfg: Config, spec: Any, report: Any, skip: set[Path]) -> int:

@@ -121,6 +121,36 @@ class SegModel(nn.Module):
             out = out[self._output_key]
         return out
 
+    # ------------------------------------------------- encoder / decoder split
+    @property
+    def splits_encoder_decoder(self) -> bool:
+        """True for SMP architectures: ``forward(x) == decode(encode(x))`` (feature caching)."""
+        net = self.net
+        return (
+            all(hasattr(net, a) for a in ("encoder", "decoder", "segmentation_head"))
+            and getattr(net, "classification_head", None) is None
+        )
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Encoder features of ``x`` (SMP architectures), input resolution first.
+
+        Returns:
+            SMP's feature list ``[x, stride 2, stride 4, ...]`` (level 0 is the input itself).
+        """
+        if not self.splits_encoder_decoder:
+            raise TypeError(f"{self.arch}: encode()/decode() exist for SMP architectures only")
+        return self.net.encoder(x)
+
+    def decode(self, features: list[Tensor]) -> Tensor:
+        """Logits from encoder features: ``decode(encode(x))`` is exactly ``forward(x)``.
+
+        Mirrors SMP 0.6's ``SegmentationModel.forward`` (decoder on the feature list, then the
+        segmentation head; segtune builds no classification head).
+        """
+        if not self.splits_encoder_decoder:
+            raise TypeError(f"{self.arch}: encode()/decode() exist for SMP architectures only")
+        return self.net.segmentation_head(self.net.decoder(features))
+
     # -------------------------------------------------------------- structure
     @property
     def encoder(self) -> nn.Module:
