@@ -40,6 +40,16 @@ def make_squares_dataset(root: Path, n_train: int = 12, n_val: int = 4, size: in
     return root
 
 
+@pytest.fixture(autouse=True)
+def _log_not_quiet():
+    """Every test starts with info lines shown (benchmark mains called by tests set quiet mode)."""
+    from segtune import _log
+
+    _log.set_quiet(False)
+    yield
+    _log.set_quiet(False)
+
+
 @pytest.fixture
 def squares(tmp_path: Path) -> Path:
     return make_squares_dataset(tmp_path / "squares")

@@ -665,7 +665,7 @@ def test_weights_for_another_class_count_or_architecture(arch, classes, fragment
     "flags,fragments",
     [
         (["--lr", "-1"], ("optim.lr", "-1")),
-        (["--strategy", "frozen"], ("strategy.name='frozen'", "choose one of: head, partial")),
+        (["--strategy", "frozen"], ("strategy.name='frozen'", "choose one of: auto, head, partial")),
         (["--crop-size", "50"], ("data.crop_size=50", "multiple of 32", "try 64")),
         (["--epochs", "0"], ("train.epochs",)),
         (["--set", "data.val_fraction=1.5"], ("data.val_fraction=1.5", "[0, 1)")),

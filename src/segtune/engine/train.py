@@ -238,14 +238,17 @@ def _train(
     if resume is None:
         from ..strategies.auto import resolve_auto
 
-        for note in resolve_auto(cfg, _count_train_images(cfg, spec, report, skip)):
-            _log.info(note)
+        auto_notes = resolve_auto(cfg, _count_train_images(cfg, spec, report, skip))
+    else:
+        auto_notes = []
     if rank == 0 and (not (run_dir / CONFIG_FILE).is_file() or resume is None):
         atomic_write_yaml(run_dir / CONFIG_FILE, cfg.to_dict())
 
     strategy_pretrained = cfg.strategy.name != "scratch"
     weights = cfg.model.weights if strategy_pretrained else "none"
     model = create_model(cfg.model.arch, cfg.model.encoder, num_classes=spec.num_classes, weights=weights)
+    for note in auto_notes:  # after the model exists, so a refusal stays a single line
+        _log.info(note)
     dm = SegDataModule(spec, cfg.data, model.mean, model.std, seed=cfg.train.seed, skip=skip)
     dm.setup()
     _log.info(
