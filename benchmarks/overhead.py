@@ -53,6 +53,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -302,6 +303,7 @@ def bench_loop(batch: int, crop: int, steps: int, rounds: int, log: Any = print)
         res[k] = _med([r[k] for r in rows])
     log(f"    {'median':>5} {res['bare_ips']:>11.3f} {res['bare_nhwc_ips']:>10.3f} {res['segtune_ips']:>8.3f} "
         f"{res['ratio']:>9.3f} {res['ratio_nhwc']:>9.3f} {res['setup_s']:>8.2f}")
+    shutil.rmtree(workdir, ignore_errors=True)  # run folders with checkpoints
     return res
 
 
@@ -390,6 +392,7 @@ def bench_data(batch: int, crop: int, steps: int, workers: tuple[int, ...], log:
         rows.append(r)
         log(f"    {w:>7} {'warm' if warm else 'cold':>5} {r['wait_per_step_s']:>11.3f} {r['step_s']:>7.2f} "
             f"{100 * r['wait_frac']:>6.1f}% {r['first_wait_s']:>10.2f}")
+    shutil.rmtree(workdir, ignore_errors=True)
     return {"data": label, "batch": batch, "crop": crop, "steps": steps, "rows": rows}
 
 
@@ -421,8 +424,10 @@ def _child_rss(data: str, steps: int, crop: int, batch: int, max_images: int | N
     }
     t0 = time.perf_counter()
     run = segtune.train(cfg)
-    return {"peak_mb": rss_mb("VmHWM"), "seconds": time.perf_counter() - t0,
-            "train_images": run.summary.get("train_images"), "val_images": run.summary.get("val_images")}
+    res = {"peak_mb": rss_mb("VmHWM"), "seconds": time.perf_counter() - t0,
+           "train_images": run.summary.get("train_images"), "val_images": run.summary.get("val_images")}
+    shutil.rmtree(out, ignore_errors=True)
+    return res
 
 
 def bench_rss(steps: int, crop: int, batch: int, max_images: int | None, threads: int, log: Any = print) -> dict[str, Any]:
@@ -432,6 +437,7 @@ def bench_rss(steps: int, crop: int, batch: int, max_images: int | None, threads
     args = [sys.executable, str(Path(__file__).resolve()), "--child-rss", str(data), str(steps), str(crop),
             str(batch), str(max_images or 0), str(threads)]
     proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    shutil.rmtree(workdir, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"RSS child failed:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
