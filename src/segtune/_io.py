@@ -41,8 +41,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``.
+
+    ``durable=False`` skips the fsyncs: the rename still guarantees that a killed process never
+    leaves a half-written file under the final name, but a power cut may lose the newest files.
+    Used for bulk outputs (prediction masks) that a rerun with ``--skip-existing`` can redo.
 
     On an exception the temporary file is removed and ``path`` is left untouched.
     The temporary file keeps the suffix of ``path`` so writers that pick a format from
@@ -55,10 +59,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

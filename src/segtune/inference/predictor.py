@@ -314,7 +314,7 @@ class Predictor:
                 image = read_image(f, **self._limits())
             pred = self.predict(image)
             out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-            save_mask_png(mask_path, pred, colors)
+            save_mask_png(mask_path, pred, colors, durable=False)  # rename-atomic; --skip-existing redoes
             if overlay:
                 from PIL import Image
 
@@ -322,7 +322,7 @@ class Predictor:
 
                 ov = make_overlay(image, pred, colors, alpha=0.5, ignore_index=self.ignore_index)
                 (out_dir / "overlays").mkdir(exist_ok=True)
-                with atomic_path(out_dir / "overlays" / f"{f.stem}.png") as tmp:
+                with atomic_path(out_dir / "overlays" / f"{f.stem}.png", durable=False) as tmp:
                     Image.fromarray(ov).save(tmp)
             written.append(mask_path)
         if skipped:

@@ -272,6 +272,7 @@ def save_mask_png(
     path: PathLike,
     mask: np.ndarray,
     colors: Sequence[Sequence[int]] | None = None,
+    durable: bool = True,
 ) -> None:
     """Write a class-index mask as a palette PNG (mode ``P``); pixel values are the indices.
 
@@ -284,6 +285,7 @@ def save_mask_png(
         path: output ``.png`` path (written atomically).
         mask: (H, W) integer class indices in 0..255.
         colors: per-class ``(r, g, b)`` or ``None``.
+        durable: fsync before the rename (see :func:`segtune._io.atomic_path`).
 
     Raises:
         ValueError: values outside 0..255 (they cannot be stored in a palette PNG).
@@ -305,7 +307,7 @@ def save_mask_png(
     pal[: len(given)] = given.reshape(-1, 3)
     pimg = Image.fromarray(np.ascontiguousarray(m, dtype=np.uint8))  # mode "L"
     pimg.putpalette(pal.flatten().tolist())  # turns "L" into "P" keeping the index values
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=durable) as tmp:
         pimg.save(tmp, format="PNG")
 
 
