@@ -45,6 +45,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+# Idle OpenMP threads sleep instead of spinning. On a CPU shared with other jobs, spinning torch
+# threads made training steps ~14x slower (measured: 2 threads, another training job running:
+# 20 s/step spinning vs 1.5 s passive); results are unaffected. Only works before torch is loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bare_loop.py, also when imported from the tests
 
@@ -264,13 +269,15 @@ def machine() -> dict[str, Any]:
         "cpu_cores": os.cpu_count(), "mem_gib": mem, "gpu": gpu, "arch": platform.machine(),
         "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 
 def describe_machine(m: dict[str, Any]) -> str:
     gpu = f"GPU {m['gpu']}" if m.get("gpu") else "no GPU"
     return (f"{m['arch']}, {m['cpu_cores']} CPU cores, {m['mem_gib']:g} GiB RAM, {gpu}, {m['os']}, "
-            f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads)")
+            f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads, "
+            f"OMP_WAIT_POLICY={m.get('omp_wait_policy') or 'unset'})")
 
 
 def load_json(path: Path) -> dict[str, Any] | None:
