@@ -4,17 +4,22 @@ CamVid (``../shared/data/camvid``, 11 classes, label 11 ignored): seeded trainin
 23, 46, 92, 184 and 367 images (nested: the seeded shuffle is the same for every size), always
 scored on the whole val split (101 images). For every size, each segtune strategy (head,
 partial, full, discriminative, gradual, scratch) trains the default model (Unet + ImageNet
-EfficientNet-Lite0) through ``segtune.train()`` with its defaults (loss ce+dice, AdamW lr 1e-3,
-cosine with 20 warm-up steps, rescale 0.5-2 + crop + flip + colour jitter) for the same number
-of optimiser steps at the same batch size and crop. In the same table, the loop users write by
-hand (``benchmarks/bare_loop.py``: same SMP model and weights, AdamW + one-cycle, crop + flip
-only) with plain cross-entropy (``bare-ce``) and with median-frequency-weighted CE + Dice
-(``bare-wce+dice``), same steps, batch and crop.
+EfficientNet-Lite0) through ``segtune.train()`` with the defaults a user gets with
+``--strategy NAME`` and nothing else (loss, class weights, augmentation, the strategy's default
+learning rate and schedule: read back from each run's config.yaml and stored with its row), for
+the same number of optimiser steps at the same batch size and crop. ``strategy: auto``'s pick
+for each size is marked in the table. In the same table, the loop users write by hand
+(``benchmarks/bare_loop.py``: same SMP model and weights, AdamW + one-cycle, crop + flip only)
+with plain cross-entropy (``bare-ce``) and with median-frequency-weighted CE + Dice
+(``bare-wce+dice``), same steps, batch and crop. Ablations (``head+nocw``, ``head+aug``, ...)
+show what each default is worth.
 
 Fairness rules: one resolution for everything (images and masks downscaled once by ``scale``
 into a cache folder outside the repository; val is scored at that resolution); no validation
 during training and no best-epoch pick (the final weights are scored, for segtune and the bare
-loop alike), so nothing is tuned on val; one seed (``train.seed``) picks the subsets, the
+loop alike), so no run picks its epoch on val (but
+segtune's defaults were themselves chosen from coarse ablations scored on this val split: see
+RESULTS.md); one seed (``train.seed``) picks the subsets, the
 initialisation and the data order. ``gradual`` unfreezes by epochs, so its schedule is scaled
 to the budget: the head trains alone for the first ~20% of the steps, then one encoder stage
 more every ~10% (segtune's defaults, 1 epoch each, would unfreeze everything within a few
@@ -60,18 +65,27 @@ SECTION_TITLE = "## Sample efficiency (transfer curve)"
 
 STRATEGIES = ("head", "partial", "full", "discriminative", "gradual", "scratch")
 BARE = {"bare-ce": "ce", "bare-wce+dice": "wce+dice"}
-#: optional segtune variants (not in the default grid): ``<strategy>+mfw`` = that strategy with
-#: ``loss.class_weights=median`` (median-frequency weights in CE and Dice), everything else default
-WEIGHTED = tuple(f"{s}+mfw" for s in STRATEGIES)
-METHODS = (*STRATEGIES, *WEIGHTED, *BARE)
-#: segtune's current default strategy (``StrategyConfig.name``): what a user gets by passing nothing
-DEFAULT_STRATEGY = "full"
+#: optional segtune variants (ablations), ``<strategy>+<flag>``: ``+nocw`` turns the default class
+#: weights off (``loss.class_weights=none``); ``+aug`` adds the common heavier augmentation
+#: (random rescale 0.5-2 + colour jitter 0.2, segtune's earlier default) to the default crop +
+#: flip; everything else default
+VARIANT_FLAGS = ("+nocw", "+aug")
+VARIANTS = tuple(f"{s}{f}" for f in VARIANT_FLAGS for s in STRATEGIES)
+METHODS = (*STRATEGIES, *VARIANTS, *BARE)
+
+
+def auto_strategy(size: int) -> str:
+    """The strategy segtune picks by itself (``strategy.name: auto``) for ``size`` training images."""
+    from segtune.strategies.auto import choose_defaults
+
+    return choose_defaults(size).strategy
+
 
 PROFILES: dict[str, dict[str, Any]] = {
     # see RESULTS.md for how the budget was chosen (measured step times on 2 shared CPU cores)
     "full": {
         "sizes": [23, 46, 92, 184, 367],
-        "methods": [*STRATEGIES, *BARE],
+        "methods": [*STRATEGIES, "head+nocw", "head+aug", *BARE],
         "scale": 0.5,  # 480x360 -> 240x180
         "crop": 128,  # 192 (the x0.5 analogue of segtune's default 384) costs 2.25x more per step
         "batch": 8,  # segtune's default
@@ -89,7 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 SEED = 0
-LR = 1e-3  # segtune's default optim.lr; the bare loop's one-cycle max_lr
+LR = 1e-3  # the bare loop's one-cycle max_lr (segtune runs use each strategy's default optim.lr)
 # keys that must match for rows of an existing JSON to be reused or mixed in one table
 PROFILE_KEYS = ("scale", "crop", "batch", "steps", "max_val", "seed", "lr")
 
@@ -180,23 +194,23 @@ def _per_class(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 
 def run_segtune(data: Path, size: int, method: str, prof: dict[str, Any], runs: Path,
-                keep: bool) -> dict[str, Any]:
+                keep: bool, overrides: list[str] | None = None) -> dict[str, Any]:
     import segtune
-    from segtune.config import Config
+    from segtune.config import Config, apply_overrides
 
-    strategy = method.removesuffix("+mfw")
+    strategy, *flags = method.split("+")
     cfg = Config()
-    if method.endswith("+mfw"):
-        cfg.loss.class_weights = "median"
+    if "nocw" in flags:
+        cfg.loss.class_weights = "none"
+    if "aug" in flags:
+        cfg.data.scale_min, cfg.data.scale_max, cfg.data.color_jitter = 0.5, 2.0, 0.2
     cfg.data.root = str(data)
     cfg.data.crop_size = prof["crop"]
     cfg.data.batch_size = prof["batch"]
     cfg.data.max_train_images = size
     cfg.data.max_val_images = prof["max_val"]
     cfg.strategy.name = strategy
-    settings: dict[str, Any] = {"loss": cfg.loss.name, "class_weights": cfg.loss.class_weights,
-                                "lr": prof["lr"], "schedule": cfg.optim.schedule,
-                                "warmup_steps": cfg.optim.warmup_steps}
+    settings: dict[str, Any] = {}
     if strategy == "gradual":
         g = gradual_schedule(size, prof["batch"], prof["steps"])
         cfg.strategy.head_epochs, cfg.strategy.unfreeze_every = g["head_epochs"], g["unfreeze_every"]
@@ -205,7 +219,7 @@ def run_segtune(data: Path, size: int, method: str, prof: dict[str, Any], runs: 
         settings["freeze_stages"] = cfg.strategy.freeze_stages
     elif strategy == "discriminative":
         settings["encoder_lr_factor"] = cfg.strategy.encoder_lr_factor
-    cfg.optim.lr = prof["lr"]
+    cfg.optim.lr = None  # the strategy's default learning rate, as a user gets it
     cfg.train.seed = prof["seed"]
     cfg.train.max_steps = prof["steps"]
     cfg.train.epochs = 1_000_000  # the step budget ends every run
@@ -216,7 +230,16 @@ def run_segtune(data: Path, size: int, method: str, prof: dict[str, Any], runs: 
     cfg.train.out = str(runs)
     cfg.train.name = f"{size}-{method.replace('+', '-')}"
     cfg.train.overwrite = True
+    if overrides:  # exploration: --set applies to every segtune run of this invocation
+        apply_overrides(cfg, overrides)
+        settings["overrides"] = list(overrides)
     run = segtune.train(cfg)
+    resolved = Config.from_yaml(run.dir / "config.yaml")  # what the run really used
+    settings = {"loss": resolved.loss.name, "class_weights": resolved.loss.class_weights,
+                "scale": [resolved.data.scale_min, resolved.data.scale_max],
+                "color_jitter": resolved.data.color_jitter, "lr": resolved.optim.lr,
+                "schedule": resolved.optim.schedule, "warmup_steps": resolved.optim.warmup_steps,
+                **settings}
     if not keep:
         shutil.rmtree(run.dir / "checkpoints", ignore_errors=True)
         (run.dir / "model.safetensors").unlink(missing_ok=True)
@@ -326,7 +349,8 @@ def tables(doc: dict[str, Any]) -> str:
     idx = _index(rows)
     sizes, methods = _order(rows)
     out = ["val mIoU (%) on the full val split; **bold** = best segtune strategy at that size, "
-           "*italic* = a bare loop beating it.", ""]
+           "*italic* = a bare loop beating it, † = the strategy segtune picks by itself "
+           "(`strategy: auto`) for that many images.", ""]
     out.append("| labelled images | " + " | ".join(methods) + " |")
     out.append("|---:|" + "---:|" * len(methods))
     for n in sizes:
@@ -338,6 +362,8 @@ def tables(doc: dict[str, Any]) -> str:
                 cells.append("")
                 continue
             c = _fmt(r["miou"])
+            if m == auto_strategy(n):
+                c += "†"
             if best is not None and r is best:
                 c = f"**{c}**"
             elif best is not None and r["kind"] == "bare" and (r["miou"] or 0) > best["miou"]:
@@ -388,19 +414,20 @@ def findings(doc: dict[str, Any]) -> list[str]:
             worse = [r["method"] for r in pre if r["miou"] <= sc["miou"]]
             if worse and gain > 0:
                 parts.append("not better than scratch: " + ", ".join(worse))
-        for m in WEIGHTED:
-            r, base = idx.get((n, m)), idx.get((n, m.removesuffix("+mfw")))
+        for m in VARIANTS:
+            r, base = idx.get((n, m)), idx.get((n, m.split("+")[0]))
             if r is not None and base is not None:
-                parts.append(f"{m} {_fmt(r['miou'])} ({100 * (r['miou'] - base['miou']):+.1f} points from "
-                             "median-frequency class weights)")
-        d = idx.get((n, DEFAULT_STRATEGY))
+                parts.append(f"{m} {_fmt(r['miou'])} ({100 * (r['miou'] - base['miou']):+.1f} vs "
+                             f"{base['method']})")
+        auto = auto_strategy(n)
+        d = idx.get((n, auto))
         for m in BARE:
             r = idx.get((n, m))
             if r is None:
                 continue
             vs = []
             if d is not None:
-                vs.append(f"default {DEFAULT_STRATEGY} {100 * (d['miou'] - r['miou']):+.1f}")
+                vs.append(f"segtune default ({auto}) {100 * (d['miou'] - r['miou']):+.1f}")
             vs.append(f"best {100 * (b['miou'] - r['miou']):+.1f}")
             parts.append(f"vs {m} ({_fmt(r['miou'])}): " + ", ".join(vs) + " points")
         lines.append("; ".join(parts) + ".")
@@ -465,6 +492,26 @@ def deviation(doc: dict[str, Any]) -> list[str]:
             + "; ".join(diffs) + ".", ""]
 
 
+def segtune_settings_text(rows: list[dict[str, Any]]) -> str:
+    """The settings the segtune rows really used (read back from each run's config.yaml)."""
+    plain = [r for r in rows if r["kind"] == "segtune" and r["method"] in STRATEGIES and "loss" in r.get("settings", {})]
+    if not plain:
+        return "see the JSON"
+    st = plain[0]["settings"]
+    lrs: dict[float, list[str]] = {}
+    for r in plain:
+        ms = lrs.setdefault(r["settings"]["lr"], [])
+        if r["method"] not in ms:
+            ms.append(r["method"])
+    lr_txt = "; ".join(f"{lr:g} for {', '.join(ms)}" for lr, ms in sorted(lrs.items()))
+    lo, hi = st["scale"]
+    aug = "crop + flip" if lo == hi == 1 else f"rescale {lo:g}-{hi:g} + crop + flip"
+    if st.get("color_jitter"):
+        aug += f" + colour jitter {st['color_jitter']:g}"
+    return (f"loss {st['loss']}, class weights {st['class_weights']} (CE term), AdamW lr {lr_txt}, "
+            f"{st['schedule']} with {st['warmup_steps']} warm-up steps, {aug}")
+
+
 def section(doc: dict[str, Any], plot_path: Path) -> str:
     p, meta = doc["profile"], doc["meta"]
     rows = doc["rows"]
@@ -493,8 +540,8 @@ def section(doc: dict[str, Any], plot_path: Path) -> str:
         f"{p['steps']} optimiser steps "
         f"at batch {p['batch']}, crop {p['crop']}; no validation during training, the final weights "
         "are scored (no best-epoch pick on val); one seed, so differences of 1-2 points are within "
-        "noise. segtune runs use its defaults (ce+dice, no class weights, AdamW lr "
-        f"{p['lr']:g}, cosine, 20 warm-up steps, rescale 0.5-2 + crop + flip + jitter); `gradual`'s "
+        f"noise. segtune runs use its defaults as a user gets them, only the budget fixed "
+        f"({segtune_settings_text(rows)}); `gradual`'s "
         "schedule is scaled to the budget (head alone for ~20% of the steps, then one stage more "
         "every ~10%). Bare loops (`benchmarks/bare_loop.py`): same model and ImageNet weights, "
         f"everything trainable, AdamW (wd 0.01) + one-cycle max_lr {p['lr']:g}, random crop "
@@ -552,6 +599,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="run folders (outside the repository)")
     p.add_argument("--data-cache", type=Path, default=Path(tempfile.gettempdir()) / "segtune-transfer-curve",
                    help="where the downscaled data set copy is kept")
+    p.add_argument("--bare-lr", type=float, default=LR,
+                   help=f"the bare loops' one-cycle max_lr (default {LR:g}; another value needs its own --json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra segtune config override for every segtune run (exploration; recorded "
+                        "in each row's settings; use a separate --json)")
     p.add_argument("--keep-runs", action="store_true", help="keep weights and checkpoints of each run")
     p.add_argument("--report-only", action="store_true", help="train nothing: tables and plot from the JSON")
     p.add_argument("--write-results", action="store_true", help="update the section in benchmarks/RESULTS.md")
@@ -577,7 +629,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps": a.steps or base["steps"],
         "max_val": a.max_val if a.max_val is not None else base["max_val"],
         "seed": SEED,
-        "lr": LR,
+        "lr": a.bare_lr,
     }
     json_path = a.json or (a.workdir / "quick" / "transfer_curve.json" if a.quick else HERE / "transfer_curve.json")
     plot_path = a.plot or json_path.with_name("transfer_curve.png")
@@ -624,7 +676,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if m in BARE:
                 row = run_bare(data, n, m, prof)
             else:
-                row = run_segtune(data, n, m, prof, runs, a.keep_runs)
+                row = run_segtune(data, n, m, prof, runs, a.keep_runs, a.set)
             row = {"size": n, "method": m, **row, "seconds": round(time.perf_counter() - t0, 1),
                    "load": [round(load0, 2), round(os.getloadavg()[0], 2)],
                    "date": _dt.datetime.now().isoformat(timespec="seconds")}

@@ -70,7 +70,9 @@ def test_results_section_replaced_between_markers(tc, tmp_path):
     text = md.read_text()
     assert "keep me" in text
     assert text.count(tc.START) == 1 and text.count(tc.SECTION_TITLE) == 1
-    assert "**50.0**" in text and "transfer helped" in text
+    # head is what `strategy: auto` picks (†) and the best segtune strategy (bold)
+    assert "**50.0†**" in text and "transfer helped" in text
+    assert "segtune default (head) +15.0" in text
 
 
 def test_max_val_needs_quick(tc):

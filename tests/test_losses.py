@@ -102,6 +102,18 @@ def test_ce_plus_dice_is_the_sum():
     assert total.item() == pytest.approx(ce.item() + 0.5 * dice.item(), rel=1e-6)
 
 
+def test_ce_plus_dice_weights_only_the_ce_term():
+    logits, target, _ = _batch(5)
+    w = torch.tensor([0.5, 1.0, 3.0] + [1.0] * (C - 3))
+    cfg = LossConfig(name="ce+dice", dice_weight=1.0)
+    total = build_loss(cfg, C, 255, w)(logits, target)
+    wce = build_loss(LossConfig(name="ce"), C, 255, w)(logits, target)
+    plain_dice = build_loss(LossConfig(name="dice"), C, 255, None)(logits, target)
+    weighted_dice = build_loss(LossConfig(name="dice"), C, 255, w)(logits, target)
+    assert total.item() == pytest.approx(wce.item() + plain_dice.item(), rel=1e-6)
+    assert weighted_dice.item() != pytest.approx(plain_dice.item(), rel=1e-3)
+
+
 def test_unknown_loss_is_config_error():
     with pytest.raises(ConfigError):
         build_loss(LossConfig(name="hinge"), C, 255, None)

@@ -29,11 +29,12 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "lr": ("optim.lr", float, "learning rate of the decoder/head"),
     "batch_size": ("data.batch_size", int, "training batch size (per device: DDP's global batch is devices x nodes x this)"),
     "crop_size": ("data.crop_size", int, "training crop side (multiple of 32)"),
-    "augment": ("data.augment", str, "full (rescale, crop, flip, colour jitter) | flip (whole images, random flips only)"),
+    "augment": ("data.augment", str, "full (random crop + flip, plus rescale / colour jitter when "
+                "data.scale_min/scale_max / data.color_jitter are set) | flip (whole images, random flips only)"),
     "cache_features": ("train.cache_features", str, "auto | on | off: head strategy + --augment flip trains the "
                        "decoder from encoder features computed once per image and flip (auto: when valid)"),
     "loss": ("loss.name", str, "ce | dice | focal | ce+dice"),
-    "class_weights": ("loss.class_weights", str, "none | inverse | median"),
+    "class_weights": ("loss.class_weights", str, "median (default; weights the CE term) | inverse | none"),
     "seed": ("train.seed", int, "random seed (a CPU run repeats exactly)"),
     "out": ("train.out", str, "parent folder of run folders (default runs)"),
     "name": ("train.name", str, "run folder name"),

@@ -95,9 +95,15 @@ def cache_decision(cfg: Config, model: nn.Module, world: int = 1, strategy: Any 
     if cfg.strategy.name != "head":
         why = f"strategy {cfg.strategy.name} trains the encoder, so its features change every step"
     elif cfg.data.augment != "flip":
+        d = cfg.data
+        parts = ["crops"]
+        if (d.scale_min, d.scale_max) != (1.0, 1.0):
+            parts.insert(0, "rescales")
+        if d.color_jitter:
+            parts.append("colour jitter")
         why = (
-            "data.augment=full: random rescale, crop and colour jitter change the encoder's input "
-            "every epoch; --augment flip (whole images, flips only) enables it"
+            f"data.augment=full: random {', '.join(parts)} change the encoder's input every epoch; "
+            "--augment flip (whole images, flips only) enables it"
         )
     elif not getattr(model, "splits_encoder_decoder", False):
         why = f"{getattr(model, 'arch', 'this model')} does not split into encoder -> decoder (SMP architectures do)"

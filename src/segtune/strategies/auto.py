@@ -36,7 +36,7 @@ class AutoChoice:
 
 AUTO_TABLE: tuple[AutoChoice, ...] = (
     AutoChoice(
-        float("inf"), "head", 1e-3, 0,
+        float("inf"), "head", 3e-3, 0,
         "on CamVid (benchmarks/RESULTS.md) the frozen encoder was within 0.01 mIoU of the best "
         "strategy at 23, 92 and 367 images and clearly best at full resolution with a short budget "
         "(0.425 vs full 0.344 vs scratch 0.264 after 180 steps), and it is the cheapest to train",
@@ -91,7 +91,7 @@ def resolve_auto(cfg: Config, num_train_images: int) -> list[str]:
 
 # head-only training tolerates (and needs) a larger LR than updating the pretrained encoder
 _DEFAULT_LR = {
-    "head": 1e-3,
+    "head": 3e-3,
     "partial": 1e-3,
     "full": 1e-3,
     "discriminative": 1e-3,
