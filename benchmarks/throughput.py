@@ -321,7 +321,7 @@ def _section(res: dict[str, Any], command: str, machine: str, total: float) -> s
         f"the whole call also loads and hash-checks the model and writes metrics.json and per_class_iou.png "
         f"({res['eval_fixed_s']:.2f} s once per call; whole call over {res['images']} images: "
         f"{res['eval_total_ips']:.3f} img/s, {res['eval_total_ratio']:.3f} of bare). segtune predict = "
-        f"`Predictor.predict_paths` (atomic, fsynced PNG writes; header pre-check of every file); loading the run "
+        f"`Predictor.predict_paths` (rename-atomic PNG writes without a per-file fsync, as a bulk output that `--skip-existing` can redo; header pre-check of every file); loading the run "
         f"(`Predictor.from_run`, {res['pred_load_s']:.2f} s) is once per call and not in the rate. *bare NHWC* uses "
         "channels-last weights and inputs, as segtune does on a CPU (about 1.2-1.3x faster there than NCHW). "
         f"segtune's and the bare loop's confusion matrices agree on {100 * res['cm_agreement']:.3f}% of the "

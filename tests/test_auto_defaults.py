@@ -21,3 +21,28 @@ def test_default_epochs_target_about_1000_steps_clamped() -> None:
     assert default_epochs(92, 8) == 84  # 12 steps/epoch
     assert default_epochs(5, 8) == 200  # clamped
     assert all(r.why for r in AUTO_TABLE)
+
+
+def test_auto_table_matches_the_recorded_benchmark() -> None:
+    """The strategy and LR auto picks for each measured size are the best measured there."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).parents[1] / "benchmarks/transfer_curve.json").read_text())
+    plain = ("head", "partial", "full", "discriminative", "gradual", "scratch")
+    sizes = sorted({r["size"] for r in doc["rows"]})
+    assert sizes, "no benchmark rows"
+    for n in sizes:
+        rows = [r for r in doc["rows"] if r["size"] == n and r["method"] in plain]
+        best = max(rows, key=lambda r: r["miou"])
+        row = choose_defaults(n)
+        assert row.strategy == best["method"], (n, row.strategy, best["method"])
+        assert row.lr == best["settings"]["lr"]
+        assert f"{100 * best['miou']:.1f}" in row.why
+        # the rows were measured with today's defaults
+        d = Config()
+        st = best["settings"]
+        assert (st["loss"], st["class_weights"]) == (d.loss.name, d.loss.class_weights)
+        assert st["scale"] == [d.data.scale_min, d.data.scale_max] and st["color_jitter"] == d.data.color_jitter
+        bare = [r["miou"] for r in doc["rows"] if r["size"] == n and r["kind"] == "bare"]
+        assert bare and best["miou"] > max(bare)  # the defaults beat the hand-written loops
