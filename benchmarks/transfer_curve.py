@@ -445,7 +445,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         return
     sizes, methods = _order(rows)
     idx = _index(rows)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     for m in methods:
         pts = [(n, idx[(n, m)]["miou"]) for n in sizes if (n, m) in idx and idx[(n, m)]["miou"] is not None]
         if not pts:
@@ -465,7 +465,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax.set_title(f"Unet + EfficientNet-Lite0, {p['steps']} steps x batch {p['batch']}, "
                  f"crop {p['crop']}, images x{p['scale']:g}", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
