@@ -599,6 +599,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="run folders (outside the repository)")
     p.add_argument("--data-cache", type=Path, default=Path(tempfile.gettempdir()) / "segtune-transfer-curve",
                    help="where the downscaled data set copy is kept")
+    p.add_argument("--seed", type=int, default=SEED,
+                   help=f"seed of the subsets, initialisation and data order (default {SEED}; another needs its own --json)")
     p.add_argument("--bare-lr", type=float, default=LR,
                    help=f"the bare loops' one-cycle max_lr (default {LR:g}; another value needs its own --json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -628,7 +630,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch": a.batch or base["batch"],
         "steps": a.steps or base["steps"],
         "max_val": a.max_val if a.max_val is not None else base["max_val"],
-        "seed": SEED,
+        "seed": a.seed,
         "lr": a.bare_lr,
     }
     json_path = a.json or (a.workdir / "quick" / "transfer_curve.json" if a.quick else HERE / "transfer_curve.json")
