@@ -39,7 +39,6 @@ import argparse
 import datetime
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -47,7 +46,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # _common, also when loaded from the tests
+import _common  # noqa: E402
+from _common import REPO  # noqa: E402
+
 CAMVID_YAML = REPO / "examples" / "camvid.yaml"
 MARK_START, MARK_END = "<!-- feature_cache:start -->", "<!-- feature_cache:end -->"
 NUM_CLASSES, IGNORE = 11, 11
@@ -56,21 +58,6 @@ PROFILES = {
     "quick": {"batch": 8, "rounds": 2, "images": 16, "val": 8, "epochs": 2, "train_rounds": 1},
     "default": {"batch": 8, "rounds": 3, "images": 64, "val": 32, "epochs": 3, "train_rounds": 2},
 }
-
-
-def _overhead_module() -> Any:
-    """benchmarks/overhead.py (shared helpers: machine line, RESULTS.md section writer)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("segtune_bench_overhead", HERE / "overhead.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
 
 
 # ----------------------------------------------------------------------------- (1) share
@@ -127,7 +114,7 @@ def encoder_share(arch: str, batch: int, rounds: int, size: tuple[int, int] = (3
         enc.append(e)
         step.append(s)
         cstep.append(from_cache())
-    e, s, c = _med(enc), _med(step), _med(cstep)
+    e, s, c = _common.median(enc), _common.median(step), _common.median(cstep)
     share = e / s
     return {"arch": arch, "encoder_s": e, "live_step_s": s, "cached_step_s": c, "share": share,
             "bound": 1.0 / (1.0 - share), "speedup": s / c,
@@ -259,8 +246,8 @@ def _section(res: dict[str, Any], command: str, machine: str) -> str:
         "DeepLabV3+ both has a light decoder and runs the encoder dilated (output stride 16, so "
         "its last stages cost more), so their shares and gains are larger. The build costs about "
         "two epochs' worth of encoder passes (both flips of every image, once); over "
-        f"{e['long_epochs']} epochs (segtune's auto default for the head strategy on small data "
-        f"sets) the cache saves {e['long_saving']:.0%} of the training time, build included. "
+        f"{e['long_epochs']} epochs (an example run length; segtune's default aims at about 1000 "
+        f"steps, e.g. 125 epochs for 64 images at batch 8) the cache saves {e['long_saving']:.0%} of the training time, build included. "
         "Timings are from 2 CPU cores shared with other jobs (1 intra-op thread), so single "
         "numbers move by 10-20% (hence a step speed-up slightly above its bound); the alternating "
         "order and medians keep the comparison fair.",
@@ -289,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.from_json:
         res = json.loads(a.from_json.read_text())
         _add_long_run(res)
-        _overhead_module().write_section(_section(res, res["command"], res["machine"]), MARK_START, MARK_END)
+        _common.write_section(_section(res, res["command"], res["machine"]), MARK_START, MARK_END)
         return res
 
     import torch
@@ -301,13 +288,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from segtune import _log
 
     _log.set_quiet(True)
-    ov = _overhead_module()
     p = dict(PROFILES["quick" if a.quick else "default"])
     for k in ("batch", "rounds", "images", "val", "epochs", "train_rounds"):
         if getattr(a, k) is not None:
             p[k] = getattr(a, k)
     t0 = time.perf_counter()
-    machine = ov.machine(a.threads)
+    machine = _common.machine(a.threads)
     print(machine, flush=True)
     res: dict[str, Any] = {"batch": p["batch"], "share": []}
     for arch in a.archs:
@@ -334,15 +320,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         off_e = [x for r in runs["off"] for x in r["epoch_s"]]
         unet = next((r for r in res["share"] if r["arch"] == "unet"), None)
         bound = unet["bound"] if unet else float("nan")
-        speed = _med(off_e) / _med(on_e)
-        build_s = _med([r["build_s"] for r in runs["on"]])
-        saved = _med(off_e) - _med(on_e)
+        speed = _common.median(off_e) / _common.median(on_e)
+        build_s = _common.median([r["build_s"] for r in runs["on"]])
+        saved = _common.median(off_e) - _common.median(on_e)
         res["epochs"] = {
             "images": p["images"], "val": p["val"], "epochs": p["epochs"], "train_rounds": p["train_rounds"],
-            "on_epoch_s": _med(on_e), "off_epoch_s": _med(off_e), "on_n": len(on_e), "off_n": len(off_e),
+            "on_epoch_s": _common.median(on_e), "off_epoch_s": _common.median(off_e), "on_n": len(on_e), "off_n": len(off_e),
             "speedup": speed, "bound": bound, "of_bound": (speed - 1) / (bound - 1) if bound > 1 else float("nan"),
             "build_s": build_s, "break_even_epochs": build_s / saved if saved > 0 else float("inf"),
-            "on_miou": _med([r["miou"] for r in runs["on"]]), "off_miou": _med([r["miou"] for r in runs["off"]]),
+            "on_miou": _common.median([r["miou"] for r in runs["on"]]), "off_miou": _common.median([r["miou"] for r in runs["off"]]),
             "runs": runs,
         }
         res["epochs"]["miou_diff"] = res["epochs"]["on_miou"] - res["epochs"]["off_miou"]
@@ -359,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.write_results:
         if "epochs" not in res:
             raise SystemExit("--write-results needs the epoch runs (drop --skip-runs)")
-        ov.write_section(_section(res, command, machine), MARK_START, MARK_END)
+        _common.write_section(_section(res, command, machine), MARK_START, MARK_END)
     return res
 
 

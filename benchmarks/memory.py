@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # _common, also when loaded from the tests
+from _common import machine, rss_mb  # noqa: E402
 
 QUICK = {
     "train": [(256, 2), (256, 4), (384, 2), (384, 4)],
@@ -46,17 +46,6 @@ PREDICT_CLASSES = 11
 
 
 # --------------------------------------------------------------------------- child side
-def _rss_mb(field: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
 def _child_train(data: str, crop: int, batch: int, steps: int) -> dict:
     import torch
 
@@ -67,7 +56,7 @@ def _child_train(data: str, crop: int, batch: int, steps: int) -> dict:
 
     _log.set_quiet(True)
     create_model("unet", "tf_efficientnet_lite0", num_classes=3, weights="none")  # warm imports
-    base = _rss_mb("VmRSS")
+    base = rss_mb("VmRSS")
     out = tempfile.mkdtemp(prefix="segtune-mem-")
     cfg = {
         "data": {"root": data, "crop_size": crop, "batch_size": batch, "val_batch_size": 1,
@@ -80,7 +69,7 @@ def _child_train(data: str, crop: int, batch: int, steps: int) -> dict:
     }
     t0 = time.perf_counter()
     segtune.train(cfg)
-    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "seconds": time.perf_counter() - t0}
+    return {"base_mb": base, "peak_mb": rss_mb("VmHWM"), "seconds": time.perf_counter() - t0}
 
 
 def _child_predict(size: int, classes: int) -> dict:
@@ -106,10 +95,10 @@ def _child_predict(size: int, classes: int) -> dict:
     import gc
 
     gc.collect()
-    base = _rss_mb("VmRSS")
+    base = rss_mb("VmRSS")
     t0 = time.perf_counter()
     pred.predict_paths(folder / "in.png", folder / "out", progress=False)
-    return {"base_mb": base, "peak_mb": _rss_mb("VmHWM"), "seconds": time.perf_counter() - t0,
+    return {"base_mb": base, "peak_mb": rss_mb("VmHWM"), "seconds": time.perf_counter() - t0,
             "tiled": size * size > pred.tile_pixels}
 
 
@@ -130,18 +119,6 @@ def _fit(rows: list[dict]) -> tuple[float, float]:
     y = np.array([r["peak_mb"] for r in rows])
     b, a = np.polyfit(x, y, 1)
     return float(a), float(b)
-
-
-def _machine() -> str:
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    import torch
-
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores{mem}, Linux {platform.release()}, torch {torch.__version__}, 1 thread"
 
 
 def main() -> None:
@@ -195,7 +172,7 @@ def _record(quick: bool, train_rows: list[dict], pred_rows: list[dict], rule: st
         "",
         "## Memory",
         "",
-        f"`python benchmarks/memory.py{' --quick' if quick else ''} --record` ({total:.0f} s; {_machine()}; "
+        f"`python benchmarks/memory.py{' --quick' if quick else ''} --record` ({total:.0f} s; {machine(1, shared=False)}; "
         f"{time.strftime('%Y-%m-%d')}). Peak RSS (VmHWM) of a fresh process per row; *base* is the RSS "
         "with the libraries imported and a model built.",
         "",

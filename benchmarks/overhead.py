@@ -52,10 +52,8 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,10 +63,12 @@ from types import SimpleNamespace
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # _common, also when loaded from the tests
+import _common  # noqa: E402
+from _common import REPO, RESULTS, machine, rss_mb  # noqa: E402
+
 CAMVID_YAML = REPO / "examples" / "camvid.yaml"
 CAMVID_DIR = REPO.parent / "shared" / "data" / "camvid"
-RESULTS = HERE / "RESULTS.md"
 MARK_START, MARK_END = "<!-- overhead:start -->", "<!-- overhead:end -->"
 NUM_CLASSES, IGNORE = 11, 11
 
@@ -84,52 +84,9 @@ PROFILES = {
 
 
 # ----------------------------------------------------------------------------- helpers
-def _src_on_path() -> None:
-    src = str(REPO / "src")
-    if src not in sys.path:
-        sys.path.insert(0, src)
-
-
-def machine(threads: int) -> str:
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    import torch
-
-    gpu = "no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs){mem}, {gpu}, "
-            f"Linux {platform.release()}, torch {torch.__version__}, {threads} intra-op thread(s)")
-
-
-def rss_mb(field: str = "VmHWM") -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
 def write_section(body: str, start: str = MARK_START, end: str = MARK_END, path: Path = RESULTS) -> None:
-    """Replace the text between ``start`` and ``end`` in ``path`` (append both when absent).
-
-    The file is re-read right before writing; nothing outside the markers changes.
-    """
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    i, j = text.find(start), text.find(end)
-    if i >= 0 and j > i:
-        text = text[:i] + block + text[j + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """This script's RESULTS.md section (see :func:`_common.write_section`)."""
+    _common.write_section(body, start, end, path)
 
 
 @contextlib.contextmanager
@@ -145,10 +102,6 @@ def _torch_flags() -> Any:
     finally:
         torch.use_deterministic_algorithms(det, warn_only=warn)
         torch.utils.deterministic.fill_uninitialized_memory = fill
-
-
-def _med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
 
 
 # ----------------------------------------------------------------------------- (a) loop
@@ -301,7 +254,7 @@ def bench_loop(batch: int, crop: int, steps: int, rounds: int, log: Any = print)
             f"{row['ratio_nhwc']:>9.3f} {b['setup_s']:>8.2f}")
     res: dict[str, Any] = {"batch": batch, "crop": crop, "steps": steps, "rounds": rows}
     for k in ("bare_ips", "bare_nhwc_ips", "segtune_ips", "ratio", "ratio_nhwc", "setup_s"):
-        res[k] = _med([r[k] for r in rows])
+        res[k] = _common.median([r[k] for r in rows])
     log(f"    {'median':>5} {res['bare_ips']:>11.3f} {res['bare_nhwc_ips']:>10.3f} {res['segtune_ips']:>8.3f} "
         f"{res['ratio']:>9.3f} {res['ratio_nhwc']:>9.3f} {res['setup_s']:>8.2f}")
     shutil.rmtree(workdir, ignore_errors=True)  # run folders with checkpoints
@@ -405,7 +358,7 @@ def _child_rss(data: str, steps: int, crop: int, batch: int, max_images: int | N
     import torch
 
     torch.set_num_threads(threads)
-    _src_on_path()
+    _common.src_on_path()
     import segtune
     from segtune import _log
     from segtune.data import SegDataModule
@@ -563,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(a.threads)
-    _src_on_path()
+    _common.src_on_path()
     from segtune import _log
 
     _log.set_quiet(True)

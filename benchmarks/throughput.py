@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -45,28 +44,16 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # _common, also when loaded from the tests
+import _common  # noqa: E402
+from _common import REPO  # noqa: E402
+
 CAMVID_DIR = REPO.parent / "shared" / "data" / "camvid"
 MARK_START, MARK_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
 NUM_CLASSES, IGNORE = 11, 11
 CAMVID_COLORS = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
                  [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
 PROFILES = {"quick": {"images": 6, "rounds": 2, "batch": 4}, "default": {"images": 40, "rounds": 3, "batch": 4}}
-
-
-def _overhead_module() -> Any:
-    """benchmarks/overhead.py (shared helpers: machine line, RESULTS.md section writer)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("segtune_bench_overhead", HERE / "overhead.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -268,19 +255,19 @@ def bench(images: int, rounds: int, batch: int, log: Any = print) -> dict[str, A
     agree = float(np.trace(np.minimum(cm_bare, cm_seg))) / max(1.0, float(np.trace(cm_bare)))
 
     def ratio(a: str, b: str) -> float:
-        return _med([row[a]["ips"] / row[b]["ips"] for row in rows])
+        return _common.median([row[a]["ips"] / row[b]["ips"] for row in rows])
 
     res: dict[str, Any] = {
         "data": label, "images": len(files), "rounds": rounds, "batch": batch,
-        "ips": {n: _med([row[n]["ips"] for row in rows]) for n in names},
+        "ips": {n: _common.median([row[n]["ips"] for row in rows]) for n in names},
         "eval_ratio": ratio("eval_segtune", "eval_bare"),
         "eval_ratio_nhwc": ratio("eval_segtune", "eval_bare_nhwc"),
-        "eval_total_ratio": _med([row["eval_segtune"]["total_ips"] / row["eval_bare"]["ips"] for row in rows]),
-        "eval_total_ips": _med([row["eval_segtune"]["total_ips"] for row in rows]),
+        "eval_total_ratio": _common.median([row["eval_segtune"]["total_ips"] / row["eval_bare"]["ips"] for row in rows]),
+        "eval_total_ips": _common.median([row["eval_segtune"]["total_ips"] for row in rows]),
         "pred_ratio": ratio("pred_segtune", "pred_bare"),
         "pred_ratio_nhwc": ratio("pred_segtune", "pred_bare_nhwc"),
-        "pred_load_s": _med([row["pred_segtune"]["load_s"] for row in rows]),
-        "eval_fixed_s": _med([row["eval_segtune"]["total_s"] - row["eval_segtune"]["seconds"] for row in rows]),
+        "pred_load_s": _common.median([row["pred_segtune"]["load_s"] for row in rows]),
+        "eval_fixed_s": _common.median([row["eval_segtune"]["total_s"] - row["eval_segtune"]["seconds"] for row in rows]),
         "cm_agreement": agree,
         "per_round": [{n: row[n]["ips"] for n in names} for row in rows],
     }
@@ -350,13 +337,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from segtune import _log
 
     _log.set_quiet(True)
-    ov = _overhead_module()
     p = dict(PROFILES["quick" if a.quick else "default"])
     for k in ("images", "rounds", "batch"):
         if getattr(a, k) is not None:
             p[k] = getattr(a, k)
     t0 = time.perf_counter()
-    machine = ov.machine(a.threads)
+    machine = _common.machine(a.threads)
     print(machine, flush=True)
     res = bench(p["images"], p["rounds"], p["batch"], lambda s: print(s, flush=True))
     res.update(machine=machine, threads=a.threads, seconds=time.perf_counter() - t0)
@@ -365,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.json.write_text(json.dumps(res, indent=2))
     if a.write_results:
         command = "python benchmarks/throughput.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-        ov.write_section(_section(res, command, machine, res["seconds"]), MARK_START, MARK_END)
+        _common.write_section(_section(res, command, machine, res["seconds"]), MARK_START, MARK_END)
     return res
 
 
