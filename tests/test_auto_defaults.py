@@ -1,5 +1,11 @@
 from segtune.config import Config
-from segtune.strategies.auto import AUTO_TABLE, choose_defaults, default_epochs, resolve_auto
+from segtune.strategies.auto import (
+    AUTO_TABLE,
+    choose_defaults,
+    default_epochs,
+    resolve_auto,
+    steps_per_epoch,
+)
 
 
 def test_auto_fills_only_unset_values_and_explains() -> None:
@@ -17,8 +23,9 @@ def test_auto_fills_only_unset_values_and_explains() -> None:
 
 
 def test_default_epochs_target_about_1000_steps_clamped() -> None:
-    assert default_epochs(367, 8) == 30  # 46 steps/epoch -> 22 epochs, clamped up to 30
-    assert default_epochs(92, 8) == 84  # 12 steps/epoch
+    assert steps_per_epoch(367, 8) == 45 and steps_per_epoch(5, 8) == 1  # last partial batch dropped
+    assert default_epochs(367, 8) == 30  # 45 steps/epoch -> 23 epochs, clamped up to 30
+    assert default_epochs(92, 8) == 91  # 11 steps/epoch -> 1001 steps
     assert default_epochs(5, 8) == 200  # clamped
     assert all(r.why for r in AUTO_TABLE)
 

@@ -134,3 +134,21 @@ def test_refused_run_leaves_no_folder(squares: Path, tmp_path: Path) -> None:
     with pytest.raises(segtune.DataError, match="000.png"):
         segtune.train(cfg)
     assert not (tmp_path / "runs" / "refused").exists()
+
+
+def test_failed_fit_restores_torch_fill_uninitialized_memory(squares: Path, tmp_path: Path, monkeypatch) -> None:
+    """segtune turns the flag off during fit; a fit that raises must still give it back."""
+    from segtune.engine.module import SegTuneModule
+
+    det = torch.utils.deterministic
+    assert det.fill_uninitialized_memory is True  # torch's default
+
+    def boom(self, batch, batch_idx):
+        assert det.fill_uninitialized_memory is False  # off while fitting
+        raise RuntimeError("boom in training_step")
+
+    monkeypatch.setattr(SegTuneModule, "training_step", boom)
+    cfg = _cfg(squares, tmp_path / "runs", strategy__name="head", train__epochs=1, train__name="boom", optim__lr=1e-3)
+    with pytest.raises(RuntimeError, match="boom in training_step"):
+        segtune.train(cfg)
+    assert det.fill_uninitialized_memory is True

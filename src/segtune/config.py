@@ -56,9 +56,9 @@ class DataConfig:
         crop_size: side in pixels of the square random crop used in training (a multiple of 32).
         scale_min, scale_max: random rescale range applied before the crop (1, 1 = off, the
             default). On CamVid with the head strategy the usual 0.5-2 range (plus colour
-            jitter) cost 4-5 mIoU points at 200 steps, and even 0.75-1.25 cost 2-3 points at
-            200 and at 1000 steps on 367 images (+1 point on 23 images, within noise); see
-            benchmarks/RESULTS.md. Turn it on when object sizes in use differ from training.
+            jitter) cost 3-7 mIoU points at 200 steps, and even 0.75-1.25 cost 2-3 points at
+            200 and at 1000 steps on 367 images (on 23 images: -2 at 200 steps, +1 at 1000);
+            see benchmarks/RESULTS.md. Turn it on when object sizes in use differ from training.
         hflip: random horizontal flip in training.
         color_jitter: strength of brightness/contrast/saturation jitter (0, the default,
             disables it; on CamVid 0.2 cost up to 2 mIoU points at 200 steps and 0.1 gained
@@ -148,9 +148,12 @@ class LossConfig:
     Attributes:
         name: ``ce`` | ``dice`` | ``focal`` | ``ce+dice``.
         class_weights: ``none`` | ``inverse`` | ``median`` (from training-mask pixel frequencies;
-            they weight the CE/focal term, the Dice term is already a macro mean). Default
-            ``median``: on CamVid it lifted the rare classes (Pole, Sign, Fence, Pedestrian,
-            Bicyclist) from IoU 0 and mIoU by 5-13 points at 200 steps (benchmarks/RESULTS.md).
+            with ``ce+dice`` they weight the CE term only, the Dice term is already a macro mean;
+            with ``dice`` alone they weight its mean over classes, which hurt inside ce+dice on
+            CamVid (not measured for dice alone), so consider pairing
+            ``loss.name: dice`` with ``class_weights: none``). Default ``median``: on CamVid it
+            lifted the rare classes (Pole, Sign, Fence, Pedestrian, Bicyclist) from IoU 0-17 to
+            2-57 and mIoU by 9-10 points at 200 steps (benchmarks/RESULTS.md).
         focal_gamma: focusing parameter of the focal loss.
         dice_weight: weight of the Dice term in ``ce+dice``.
     """

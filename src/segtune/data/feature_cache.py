@@ -101,8 +101,9 @@ def cache_decision(cfg: Config, model: nn.Module, world: int = 1, strategy: Any 
             parts.insert(0, "rescales")
         if d.color_jitter:
             parts.append("colour jitter")
+        listed = " and ".join(parts) if len(parts) < 3 else f"{parts[0]}, {parts[1]} and {parts[2]}"
         why = (
-            f"data.augment=full: random {', '.join(parts)} change the encoder's input every epoch; "
+            f"data.augment=full: random {listed} change the encoder's input every epoch; "
             "--augment flip (whole images, flips only) enables it"
         )
     elif not getattr(model, "splits_encoder_decoder", False):

@@ -90,7 +90,7 @@ class SegTuneModule(L.LightningModule):
         # ~4-5% of a CPU training step (benchmarks/overhead.py) and no effect on results, since
         # no op here reads memory it did not write (tests/test_resume.py checks bitwise repeats).
         # Off while Lightning runs this module; teardown restores the user's setting (Lightning
-        # skips teardown when fit raises, e.g. on an interrupt: the flag then stays off).
+        # skips teardown when fit raises, so engine/train.py calls it again after fit).
         det = getattr(torch.utils, "deterministic", None)
         if det is not None and hasattr(det, "fill_uninitialized_memory") and self._fill_uninitialized is None:
             self._fill_uninitialized = bool(det.fill_uninitialized_memory)

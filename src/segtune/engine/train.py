@@ -339,6 +339,7 @@ def _train(
                 try:
                     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
                 finally:
+                    module.teardown("fit")  # idempotent; Lightning skips it when fit raises
                     if feature_store is not None:  # RAM freed, <run>/feature_cache/ deleted
                         dm.set_feature_dataset(None)
                         feature_store.release()
@@ -398,7 +399,8 @@ def _train(
     _write_overlays(run_dir, model, meta, dm.val_pairs[: cfg.train.num_overlays], spec)
     history.write()
     _log.info(
-        f"done: val mIoU {metrics['miou']:.4f} after {epochs_done} epochs, {summary['seconds']:.0f} s; "
+        f"done: val mIoU {metrics['miou']:.4f} after {epochs_done} epochs ({summary['steps']} steps), "
+        f"{summary['seconds']:.0f} s; "
         f"results in {run_dir}"
     )
     return Run(dir=run_dir, metrics=metrics, history=history.rows, summary=summary)

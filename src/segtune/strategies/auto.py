@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 
-__all__ = ["AutoChoice", "AUTO_TABLE", "choose_defaults", "default_epochs", "resolve_auto"]
+__all__ = ["AutoChoice", "AUTO_TABLE", "choose_defaults", "default_epochs", "resolve_auto", "steps_per_epoch"]
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,22 @@ AUTO_TABLE: tuple[AutoChoice, ...] = (
 )
 
 
+def steps_per_epoch(num_train_images: int, batch_size: int = 8) -> int:
+    """Optimiser steps per epoch of the training loader (it drops the last partial batch when
+    there is more than one batch)."""
+    return num_train_images // batch_size if num_train_images > batch_size else 1
+
+
 def default_epochs(num_train_images: int, batch_size: int = 8, target_steps: int = 1000) -> int:
     """Epochs giving about ``target_steps`` optimiser steps, clamped to [30, 200].
 
-    Not a measured optimum: the benchmarks used fixed step budgets; early stopping on val mIoU
-    (``train.early_stopping``) ends a run sooner when it stops improving.
+    The clamp keeps every image seen at least 30 times on large data sets (more than 1000
+    steps above ~270 images at batch 8) and caps tiny ones at 200 epochs (fewer steps below ~45
+    images). Not a measured optimum: the benchmarks used fixed step budgets; early stopping on
+    val mIoU (``train.early_stopping``) ends a run sooner when it stops improving.
     """
-    steps_per_epoch = max(1, -(-num_train_images // batch_size))
-    return int(min(200, max(30, -(-target_steps // steps_per_epoch))))
+    per_epoch = steps_per_epoch(num_train_images, batch_size)
+    return int(min(200, max(30, -(-target_steps // per_epoch))))
 
 
 def choose_defaults(num_train_images: int) -> AutoChoice:
@@ -97,10 +105,11 @@ def resolve_auto(cfg: Config, num_train_images: int) -> list[str]:
         notes.append(f"optim.lr -> {cfg.optim.lr:g} (measured default for {cfg.strategy.name}; set --lr to change)")
     if cfg.train.epochs is None:
         cfg.train.epochs = row.epochs or default_epochs(num_train_images, cfg.data.batch_size)
+        steps = cfg.train.epochs * steps_per_epoch(num_train_images, cfg.data.batch_size)
         notes.append(
-            f"train.epochs -> {cfg.train.epochs} (about 1000 steps for {num_train_images} training images "
-            f"at batch {cfg.data.batch_size}, early stopping after {cfg.train.early_stopping} validations "
-            "without gain; set --epochs to change)"
+            f"train.epochs -> {cfg.train.epochs} (up to {steps} steps for {num_train_images} training "
+            f"images at batch {cfg.data.batch_size}: about 1000, within 30-200 epochs; early stopping "
+            f"after {cfg.train.early_stopping} validations without gain; set --epochs to change)"
         )
     return notes
 
