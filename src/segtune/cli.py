@@ -21,12 +21,13 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "config_arch": ("model.arch", str, "architecture: unet, fpn, deeplabv3plus, fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large"),
     "encoder": ("model.encoder", str, "timm encoder (default tf_efficientnet_lite0, ImageNet weights bundled)"),
     "weights": ("model.weights", str, "imagenet | none | weights file | run folder to start from"),
-    "strategy": ("strategy.name", str, "head | partial | full | discriminative | gradual | scratch"),
+    "strategy": ("strategy.name", str, "auto (default: chosen from the data size, reason printed) | head | partial | full | "
+                 "discriminative | gradual | scratch"),
     "freeze_stages": ("strategy.freeze_stages", int, "partial: encoder stages kept frozen"),
     "encoder_lr_factor": ("strategy.encoder_lr_factor", float, "discriminative/gradual: encoder LR = LR x factor"),
-    "epochs": ("train.epochs", int, "maximum epochs"),
+    "epochs": ("train.epochs", int, "maximum epochs (default: about 1000 steps, within 30-200 epochs, printed)"),
     "max_steps": ("train.max_steps", int, "stop after this many optimiser steps"),
-    "lr": ("optim.lr", float, "learning rate of the decoder/head"),
+    "lr": ("optim.lr", float, "learning rate of the decoder/head (default: the strategy's measured value, printed)"),
     "batch_size": ("data.batch_size", int, "training batch size (per device: DDP's global batch is devices x nodes x this)"),
     "crop_size": ("data.crop_size", int, "training crop side (multiple of 32)"),
     "augment": ("data.augment", str, "full (random crop + flip, plus rescale / colour jitter when "

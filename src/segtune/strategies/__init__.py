@@ -1,7 +1,9 @@
 """Transfer strategies: which parameters train, at which learning rate, and when.
 
-Usage (what the training engine does)::
+Usage (what the training engine does; ``strategy.name: auto`` and ``optim.lr: None`` are first
+filled in by :func:`segtune.strategies.auto.resolve_auto` from the number of training images)::
 
+    resolve_auto(cfg, num_train_images)
     strategy = build_strategy(model, cfg.strategy, cfg.optim.lr)
     optimizer = torch.optim.AdamW(strategy.param_groups(cfg.optim.weight_decay))
     strategy.apply(model, epoch)   # on train start, every epoch start, after validation
