@@ -115,7 +115,8 @@ class SegTuneModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         y = batch["mask"]
         if "features" in batch:  # frozen-encoder feature cache: float16 features -> float32 decoder
-            feats = [self._input(f.float()) for f in batch["features"]]
+            fmt = torch.channels_last if self._channels_last else torch.contiguous_format
+            feats = [f.to(torch.float32, memory_format=fmt) for f in batch["features"]]  # one copy
             logits = self.model.decode(feats)
         else:
             logits = self.model(self._input(batch["image"]))
