@@ -11,6 +11,30 @@ of two losses:
   from the training masks' pixel frequencies, 0 for classes without pixels) + SMP's
   ``DiceLoss("multiclass", ignore_index=...)``.
 
+A second configuration reproduces segtune's own recipe by hand, so that "bare loop vs segtune"
+can compare the library alone (same strategy, same loss definition, same optimiser details):
+
+* ``strategy="head"``: the encoder frozen (``requires_grad=False``, its BatchNorm layers kept in
+  eval mode so their running statistics never move); only the decoder and segmentation head are
+  given to the optimiser (``strategy="full"``, the default: everything trains);
+  ``encoder_lr_factor`` < 1 gives the encoder a smaller learning rate (full fine-tuning with a
+  discriminative LR, e.g. 0.1);
+* ``loss="ce+dice"``: segtune's default loss written out here (not imported): cross-entropy with
+  optional class weights (weighted mean over labelled pixels, as ``F.cross_entropy``) plus an
+  *unweighted* soft "batch" Dice, 1 - mean Dice over the classes present in the batch's target
+  (absent classes excluded from the mean, ignored pixels removed from probabilities and
+  one-hot, no smoothing). ``class_weights="median"``: median-frequency weights ``median(f) / f_c``
+  over classes with pixels, 0 for absent classes, clamped to [0, 50] (as segtune's); ``"none"``:
+  unweighted CE. (``wce+dice`` differs: SMP's ``DiceLoss`` averages over *all* classes with
+  absent ones counted as 0, and its weights are not clamped.)
+* ``schedule="warmup-cosine"``: segtune's optimiser details written out: AdamW with weight decay
+  ``weight_decay`` (segtune's 1e-4) on weights with 2+ dimensions and 0 on biases and norm
+  parameters (separate groups), a linear warm-up from lr/``warmup_steps`` to lr over
+  ``warmup_steps`` steps (20) then cosine to 0 at the last step (``LambdaLR``, stepped per
+  optimiser step), and the global gradient norm clipped to ``grad_clip`` (1.0).
+  ``schedule="one-cycle"`` (the default) is the loop above: AdamW with torch's defaults (weight
+  decay 0.01 on every parameter), ``OneCycleLR(max_lr=lr)``, no clipping.
+
 Only the list of training/validation files comes from segtune (``SegDataModule``, so the bare
 loop sees exactly the seeded subset a segtune run of the same size sees); decoding, augmentation,
 batching, the loss, the optimiser and the loop are written here with plain PIL/NumPy/torch.
@@ -39,9 +63,13 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["LOSSES", "train_bare", "median_frequency_weights"]
+__all__ = ["LOSSES", "STRATEGIES", "SCHEDULES", "train_bare", "median_frequency_weights", "present_class_dice"]
 
-LOSSES = ("ce", "wce+dice")
+LOSSES = ("ce", "wce+dice", "ce+dice")
+STRATEGIES = ("full", "head")
+SCHEDULES = ("one-cycle", "warmup-cosine")
+CLASS_WEIGHTS = ("median", "none")
+MAX_CLASS_WEIGHT = 50.0  # the clamp of the ce+dice recipe's median-frequency weights
 
 
 def _read_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +137,42 @@ def median_frequency_weights(masks: list[np.ndarray], num_classes: int) -> torch
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _build_loss(name: str, num_classes: int, ignore_index: int, masks: list[np.ndarray]) -> nn.Module:
+def present_class_dice(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
+                       ignore_index: int) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present in the batch (pooled over all its pixels).
+
+    Ignored pixels are removed from the probabilities and the one-hot target; classes without a
+    target pixel in the batch are left out of the mean; no smoothing.
+    """
+    probs = logits.float().softmax(1)
+    valid = (target != ignore_index).unsqueeze(1)
+    onehot = F.one_hot(torch.where(valid.squeeze(1), target, 0), num_classes).permute(0, 3, 1, 2)
+    onehot = onehot.to(probs.dtype) * valid
+    probs = probs * valid
+    inter = (probs * onehot).sum((0, 2, 3))
+    card = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    if not bool(present.any()):
+        return logits.float().sum() * 0.0
+    dice = 2 * inter[present] / card[present].clamp_min(1e-7)
+    return (1 - dice).mean()
+
+
+def _build_loss(name: str, num_classes: int, ignore_index: int, masks: list[np.ndarray],
+                class_weights: str = "median") -> nn.Module:
+    if name == "ce+dice":
+        w = None
+        if class_weights == "median":
+            w = median_frequency_weights(masks, num_classes).clamp(0, MAX_CLASS_WEIGHT)
+        elif class_weights != "none":
+            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {class_weights!r}")
+        ce = nn.CrossEntropyLoss(weight=w, ignore_index=ignore_index)
+
+        class _CEDice(nn.Module):
+            def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                return ce(logits.float(), target) + present_class_dice(logits, target, num_classes, ignore_index)
+
+        return _CEDice()
     if name == "ce":
         return nn.CrossEntropyLoss(ignore_index=ignore_index)
     if name == "wce+dice":
@@ -158,6 +221,13 @@ def train_bare(
     seed: int = 0,
     max_train_images: int | None = None,
     max_val_images: int | None = None,
+    strategy: str = "full",
+    class_weights: str = "median",
+    schedule: str = "one-cycle",
+    weight_decay: float = 1e-4,
+    warmup_steps: int = 20,
+    grad_clip: float = 1.0,
+    encoder_lr_factor: float = 1.0,
     arch: str = "unet",
     encoder: str = "tf_efficientnet_lite0",
     log: Callable[[str], None] = print,
@@ -166,10 +236,16 @@ def train_bare(
 
     Args:
         data_root: a data set segtune can read (folder with dataset.yaml, or the yaml).
-        loss: ``ce`` or ``wce+dice`` (see the module docstring).
-        steps: optimiser steps (the one-cycle schedule spans exactly these).
+        loss: ``ce``, ``wce+dice`` or ``ce+dice`` (see the module docstring).
+        steps: optimiser steps (the schedule spans exactly these).
         batch_size, crop_size: training batch and square crop side.
-        lr: one-cycle ``max_lr``.
+        lr: one-cycle ``max_lr``, or the peak LR of ``warmup-cosine`` (of the decoder + head).
+        strategy: ``full`` (everything trains) or ``head`` (frozen encoder, BatchNorm in eval).
+        class_weights: ``median`` or ``none`` (``ce+dice`` only; ``wce+dice`` is always median).
+        schedule: ``one-cycle`` (AdamW torch defaults, no clipping) or ``warmup-cosine``
+            (segtune's details: ``weight_decay`` with no-decay groups, ``warmup_steps``,
+            ``grad_clip``; the last three are ignored by ``one-cycle``).
+        encoder_lr_factor: ``full`` only: the encoder's LR is ``lr`` x this factor.
         seed: seeds torch (initialisation, crops, flips, order) and picks the same seeded
             subset of training/validation pairs as a segtune run with ``train.seed=seed``.
         max_train_images, max_val_images: seeded subsets (as ``data.max_*_images``).
@@ -184,6 +260,9 @@ def train_bare(
 
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if strategy not in STRATEGIES or schedule not in SCHEDULES or class_weights not in CLASS_WEIGHTS:
+        raise ValueError(f"strategy {strategy!r} / schedule {schedule!r} / class_weights {class_weights!r}: "
+                         f"use {STRATEGIES} / {SCHEDULES} / {CLASS_WEIGHTS}")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     spec = load_dataset_spec(data_root)
@@ -194,22 +273,68 @@ def train_bare(
                        model.mean, model.std, seed=seed)
     train_ds = PairDataset(dm.train_pairs, model.mean, model.std, ign, crop_size)
     val_ds = PairDataset(dm.val_pairs, model.mean, model.std, ign, None)
-    loss_fn = _build_loss(loss, C, ign, [m for _, m in train_ds.data])
+    loss_fn = _build_loss(loss, C, ign, [m for _, m in train_ds.data], class_weights)
 
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=gen,
                         drop_last=len(train_ds) > batch_size, num_workers=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    log(f"bare loop ({loss}): {len(train_ds)} train / {len(val_ds)} val images, {steps} steps, "
-        f"batch {batch_size}, crop {crop_size}, AdamW + one-cycle max_lr {lr:g}")
+    enc_ids = {id(p) for p in model.encoder.parameters()}
+    enc_params = [p for p in model.parameters() if id(p) in enc_ids]
+    head_params = [p for p in model.parameters() if id(p) not in enc_ids]
+    enc_bns = [m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if strategy == "head":  # frozen encoder: no gradients, BatchNorm statistics fixed
+        for p in enc_params:
+            p.requires_grad_(False)
+        groups = [(head_params, lr)]
+    elif encoder_lr_factor != 1.0:
+        groups = [(head_params, lr), (enc_params, lr * encoder_lr_factor)]
+    else:
+        groups = [(head_params + enc_params, lr)]
+
+    def train_mode() -> None:
+        model.train()
+        if strategy == "head":
+            for m in enc_bns:
+                m.eval()
+
+    if schedule == "one-cycle":
+        opt = torch.optim.AdamW([{"params": ps, "lr": g_lr} for ps, g_lr in groups])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g_lr for _, g_lr in groups], total_steps=steps)
+        clip = 0.0
+        desc = f"AdamW (wd 0.01) + one-cycle max_lr {lr:g}"
+    else:
+        pg = []
+        for ps, g_lr in groups:
+            pg.append({"params": [p for p in ps if p.ndim > 1], "lr": g_lr, "weight_decay": weight_decay})
+            pg.append({"params": [p for p in ps if p.ndim <= 1], "lr": g_lr, "weight_decay": 0.0})
+        opt = torch.optim.AdamW([g for g in pg if g["params"]])
+        warm = min(warmup_steps, max(0, steps - 1))
+
+        def factor(i: int) -> float:  # linear warm-up, then cosine to 0 at the last step
+            if warm and i < warm:
+                return (i + 1) / warm
+            t = min(max((i - warm) / max(1, steps - warm), 0.0), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        clip = float(grad_clip)
+        desc = (f"AdamW (wd {weight_decay:g}, none on biases/norms) + {warm} warm-up steps + cosine, "
+                f"lr {lr:g}, grad clip {clip:g}")
+    if encoder_lr_factor != 1.0 and strategy == "full":
+        desc += f", encoder lr x{encoder_lr_factor:g}"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log(f"bare loop ({strategy}, {loss}{'' if loss != 'ce+dice' else ', class weights ' + class_weights}): "
+        f"{len(train_ds)} train / {len(val_ds)} val images, {steps} steps, batch {batch_size}, crop {crop_size}, "
+        f"{desc}; {sum(p.numel() for p in trainable)} trainable parameters")
     step, last = 0, float("nan")
-    model.train()
+    train_mode()
     while step < steps:
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
             out = loss_fn(model(x), y)
             out.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, clip)
             opt.step()
             sched.step()
             step += 1
@@ -228,6 +353,14 @@ def train_bare(
         "train_images": len(train_ds),
         "val_images": len(val_ds),
         "final_train_loss": last,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "settings": {"strategy": strategy, "loss": loss,
+                     "class_weights": class_weights if loss == "ce+dice" else ("median" if loss == "wce+dice" else "none"),
+                     "schedule": schedule, "lr": lr, "encoder_lr_factor": encoder_lr_factor,
+                     **({"weight_decay": weight_decay, "no_decay_groups": True, "warmup_steps": warmup_steps,
+                         "grad_clip": grad_clip} if schedule == "warmup-cosine" else
+                        {"weight_decay": 0.01, "no_decay_groups": False, "grad_clip": 0.0}),
+                     "augmentation": f"random crop {crop_size} + hflip"},
     }
 
 
@@ -242,9 +375,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--max-val", type=int, default=None)
+    p.add_argument("--strategy", choices=STRATEGIES, default="full")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="median", help="ce+dice only")
+    p.add_argument("--schedule", choices=SCHEDULES, default="one-cycle")
+    p.add_argument("--encoder-lr-factor", type=float, default=1.0)
     a = p.parse_args(argv)
     r = train_bare(a.data, loss=a.loss, steps=a.steps, batch_size=a.batch_size, crop_size=a.crop_size,
-                   lr=a.lr, seed=a.seed, max_train_images=a.max_train, max_val_images=a.max_val)
+                   lr=a.lr, seed=a.seed, max_train_images=a.max_train, max_val_images=a.max_val,
+                   strategy=a.strategy, class_weights=a.class_weights, schedule=a.schedule,
+                   encoder_lr_factor=a.encoder_lr_factor)
     for c in r["metrics"]["per_class"]:
         iou = "n/a" if c["iou"] is None else f"{c['iou']:.4f}"
         print(f"{c['name']:>12} {iou}")

@@ -3,7 +3,7 @@
 The end-to-end tests start ``python -m segtune.cli train ... --accelerator cpu --devices 2``
 in a subprocess (Lightning launches the second rank by re-running the command; the last one
 starts both ranks itself with Slurm's variables, as ``srun`` does) and use the
-``SEGTUNE_TEST_DUMP_RANK_WEIGHTS`` hook: every rank writes its final weights and the validation
+``tests/_seams.py --dump-ranks`` callback: every rank writes its final weights and the validation
 metrics it computed. 15-30 s each on 2 shared CPU cores.
 """
 
@@ -26,7 +26,6 @@ from safetensors.torch import load_file
 import segtune
 from segtune.config import Config
 from segtune.engine.distributed import (
-    DUMP_ENV,
     RUN_DIR_ENV,
     TimmSyncBatchNorm,
     check_distributed_config,
@@ -40,10 +39,10 @@ N_VAL = 5  # odd on purpose: Lightning's default sampler would score one image t
 
 
 def _train_ddp(data: Path, out: Path, dump: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **{DUMP_ENV: str(dump)})
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop(RUN_DIR_ENV, None)
     cmd = [
-        sys.executable, "-m", "segtune.cli", "train", str(data), "--accelerator", "cpu", "--devices", "2",
+        sys.executable, str(Path(__file__).with_name("_seams.py")), "--dump-ranks", str(dump), "train", str(data), "--accelerator", "cpu", "--devices", "2",
         "--batch-size", "2", "--crop-size", "64", "--out", str(out), "--no-progress",
         "--set", "data.scale_min=0.9", "--set", "data.scale_max=1.1", "--set", "train.num_overlays=1",
         "--set", "data.val_batch_size=1", "--set", "train.early_stopping=0", *extra,
@@ -132,11 +131,11 @@ def test_ddp_started_like_srun_shares_one_run_folder(tmp_path: Path) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", SLURM_NTASKS="2",
                    SLURM_NTASKS_PER_NODE="2", SLURM_PROCID=str(r), SLURM_LOCALID=str(r), SLURM_NODEID="0",
                    SLURM_NNODES="1", SLURM_NODELIST="localhost", SLURM_JOB_ID=str(20000 + os.getpid() % 9000),
-                   SLURM_JOB_NAME="segtune", **{DUMP_ENV: str(dump)})
+                   SLURM_JOB_NAME="segtune")
         for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", RUN_DIR_ENV):
             env.pop(k, None)
-        cmd = [sys.executable, "-m", "segtune.cli", "train", str(data), "--accelerator", "cpu", "--devices", "2",
-               "--max-steps", "2", "--batch-size", "2", "--crop-size", "64", "--out", str(out), "--name", "sl",
+        cmd = [sys.executable, str(Path(__file__).with_name("_seams.py")), "--dump-ranks", str(dump), "train",
+               str(data), "--accelerator", "cpu", "--devices", "2", "--max-steps", "2", "--batch-size", "2", "--crop-size", "64", "--out", str(out), "--name", "sl",
                "--no-progress", "--set", "train.num_overlays=0", "--set", "train.early_stopping=0"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [p.communicate(timeout=180) for p in procs]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _seams import SignalAtStep
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -26,7 +28,6 @@ from segtune.data.feature_cache import (
     flip_coin,
 )
 from segtune.data.transforms import flip_only_transforms
-from segtune.engine.resume import TEST_SIGNAL_ENV
 from segtune.errors import ConfigError
 from segtune.models import create_model
 from segtune.strategies import build_strategy
@@ -185,10 +186,8 @@ def test_interrupted_cached_run_resumes_bitwise(tmp_path: Path, monkeypatch, cap
     out = tmp_path / "runs"
     kw = {"train__epochs": 2, "train__checkpoint_every": 1, "data__batch_size": 1}
     ref = segtune.train(_cfg(data, out, "ref", **kw))
-    monkeypatch.setenv(TEST_SIGNAL_ENV, "3:INT")  # SIGINT at step 3 of 8 (epoch 1)
-    with pytest.raises(segtune.RunError, match="stopped by SIGINT"):
-        segtune.train(_cfg(data, out, "int", **kw))
-    monkeypatch.delenv(TEST_SIGNAL_ENV)
+    with pytest.raises(segtune.RunError, match="stopped by SIGINT"):  # SIGINT at step 3 of 8 (epoch 1)
+        segtune.train(_cfg(data, out, "int", **kw), callbacks=[SignalAtStep(3, signal.SIGINT)])
     run = segtune.train(resume=out / "int")
     assert "feature cache: on" in capsys.readouterr().err
     sa, sb = load_file(str(ref.dir / "model.safetensors")), load_file(str(run.dir / "model.safetensors"))
@@ -205,17 +204,22 @@ class _NotSMP(torch.nn.Module):
 
 def test_auto_mode_and_refusals(tmp_path: Path, capsys) -> None:
     model = create_model("unet", num_classes=2, weights="none")
-    strategy = build_strategy(model, Config().strategy.__class__(name="head"), 1e-3)
 
     def decide(world: int = 1, m: torch.nn.Module = model, **kw) -> tuple[bool, str]:
         cfg = _cfg(tmp_path, tmp_path, "x", **kw)
-        return cache_decision(cfg, m, world, strategy)
+        # the decision asks the strategy object (encoder_frozen), not its name
+        strategy = build_strategy(model, cfg.strategy, 1e-3)
+        return cache_decision(cfg, m, strategy, world)
 
     assert decide() == (True, decide()[1]) and "on (head strategy" in decide()[1]
     on, why = decide(data__augment="full")
     assert not on and "data.augment=full" in why and why.startswith("feature cache: off (")
     on, why = decide(strategy__name="discriminative")
     assert not on and "trains the encoder" in why
+    on, why = decide(strategy__name="gradual")  # frozen at first, but its encoder trains later
+    assert not on and "trains the encoder" in why
+    on, why = decide(strategy__name="partial", strategy__freeze_stages=5)  # every stage frozen
+    assert on, why
     on, why = decide(m=_NotSMP())
     assert not on and "fcn_resnet50" in why
     on, why = decide(world=2)
@@ -226,8 +230,8 @@ def test_auto_mode_and_refusals(tmp_path: Path, capsys) -> None:
         decide(strategy__name="full", train__cache_features="on")
     with pytest.raises(ConfigError, match="does not split"):
         decide(m=_NotSMP(), train__cache_features="on")
-    with pytest.raises(ConfigError, match="needs data.augment=flip"):
-        _cfg(tmp_path, tmp_path, "x", data__augment="full", train__cache_features="on").validate()
+    with pytest.raises(ConfigError, match="data.augment=full"):
+        decide(data__augment="full", train__cache_features="on")
     with pytest.raises(ConfigError, match="choose one of"):
         _cfg(tmp_path, tmp_path, "x", train__cache_features="yes").validate()
     # YAML reads a bare `on` / `off` as a boolean: still the option's words
@@ -235,10 +239,11 @@ def test_auto_mode_and_refusals(tmp_path: Path, capsys) -> None:
 
     assert apply_overrides(Config(), ["train.cache_features=on"]).train.cache_features == "on"
     assert Config.from_dict({"train": {"cache_features": False}}).train.cache_features == "off"
-    # the CLI: exit 2, one line, no run folder
-    args = ["train", str(tmp_path), "--out", str(tmp_path / "runs"), "--strategy", "full",
-            "--augment", "flip", "--cache-features", "on"]
+    # the CLI: exit 2, one line, no run folder (refused once the strategy is built)
+    data = _mixed_sizes_dataset(tmp_path / "data")
+    args = ["train", str(data), "--out", str(tmp_path / "runs"), "--strategy", "full",
+            "--augment", "flip", "--cache-features", "on", "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "needs strategy head" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "strategy full trains the encoder" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()

@@ -1,7 +1,7 @@
 """Interruption and exact resume: SIGKILL / SIGINT a training run, resume it, compare bitwise.
 
 An uninterrupted reference run (3 epochs x 4 steps, in this process) is compared with runs
-killed in a subprocess (``SEGTUNE_TEST_SIGNAL_AT_STEP`` sends the signal at the start of an
+killed in a subprocess (``tests/_seams.py --signal-at`` sends the signal at the start of an
 optimiser step, so the point of death is deterministic) and then resumed with
 ``segtune train --resume RUN``: weights, metrics and history must be identical.
 """
@@ -23,9 +23,10 @@ from conftest import make_squares_dataset
 from safetensors.torch import load_file
 
 from segtune.cli import main
-from segtune.engine.resume import TEST_SIGNAL_ENV, capture_rng, restore_rng
+from segtune.engine.resume import capture_rng, restore_rng
 
-_CLI = "import sys, torch; torch.set_num_threads(1); from segtune.cli import main; sys.exit(main(sys.argv[1:]))"
+#: runs the CLI with test callbacks injected (SignalAtStep for --signal-at)
+_SEAMS = str(Path(__file__).with_name("_seams.py"))
 
 
 def _train_args(data: Path, out: Path, name: str, workers: int = 0) -> list[str]:
@@ -38,8 +39,9 @@ def _train_args(data: Path, out: Path, name: str, workers: int = 0) -> list[str]
 
 
 def _run_cli(args: list[str], signal_at: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **{TEST_SIGNAL_ENV: signal_at})
-    return subprocess.run([sys.executable, "-c", _CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, _SEAMS, "--signal-at", signal_at, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _step(ckpt: Path) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["info", "warn", "set_quiet"]
+__all__ = ["info", "warn", "set_quiet", "is_quiet"]
 
 _QUIET = False
 
@@ -13,6 +13,11 @@ def set_quiet(quiet: bool) -> None:
     """Silence :func:`info` (warnings are still shown)."""
     global _QUIET
     _QUIET = quiet
+
+
+def is_quiet() -> bool:
+    """Whether :func:`info` lines (and progress bars) are silenced."""
+    return _QUIET
 
 
 def info(msg: str) -> None:

@@ -149,48 +149,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         if not a.data and not a.config:
             raise SegtuneError("train: give the data set folder, e.g. `segtune train path/to/data`")
         cfg = Config.from_yaml(a.config) if a.config else Config()
-        out = Path(str(overrides.get("train.out") or cfg.train.out))
-        before = _children(out)
-        try:
-            run = train(cfg, overrides=overrides)
-        except SegtuneError:
-            _remove_unstarted_runs(out, before)
-            raise
+        run = train(cfg, overrides=overrides)  # a refused start leaves no run folder behind
     if run.metrics:  # DDP ranks other than 0 return no metrics and print nothing
         print(f"val mIoU {run.metrics.get('miou', float('nan')):.4f}  ->  {run.dir}")
     return 0
-
-
-def _children(folder: Path) -> set[str] | None:
-    try:
-        return {c.name for c in folder.iterdir()} if folder.is_dir() else None
-    except OSError:
-        return None
-
-
-def _remove_unstarted_runs(out: Path, before: set[str] | None) -> None:
-    """After a refused start (bad data, config or weights): remove the run folders this call
-    created that hold nothing but config.yaml, so a failed start leaves no partial output."""
-    now = _children(out)
-    if now is None:
-        return
-    for name in sorted(now - (before or set())):
-        run = out / name
-        try:
-            if not run.is_dir() or run.is_symlink():
-                continue
-            files = list(run.iterdir())
-            if all(f.name == "config.yaml" and f.is_file() for f in files):
-                for f in files:
-                    f.unlink()
-                run.rmdir()
-        except OSError:
-            continue
-    if before is None:
-        try:
-            out.rmdir()  # only succeeds when empty
-        except OSError:
-            pass
 
 
 def _cmd_check(a: argparse.Namespace) -> int:

@@ -10,8 +10,6 @@ Overrides use dotted keys, e.g. ``apply_overrides(cfg, ["optim.lr=3e-4", "train.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ._registry import did_you_mean
 from .errors import ConfigError
 
 __all__ = [
@@ -31,12 +30,8 @@ __all__ = [
     "TrainConfig",
     "Config",
     "apply_overrides",
-    "STRATEGIES",
-    "LOSSES",
 ]
 
-STRATEGIES = ("auto", "head", "partial", "full", "discriminative", "gradual", "scratch")
-LOSSES = ("ce", "dice", "focal", "ce+dice")
 CLASS_WEIGHTS = ("none", "inverse", "median")
 SCHEDULES = ("cosine", "poly", "constant")
 OPTIMIZERS = ("adamw", "sgd")
@@ -299,8 +294,15 @@ class Config:
     # ----------------------------------------------------------- validation
     def validate(self) -> Config:
         """Check values and their ranges; raise ConfigError with the key and the allowed values."""
-        _choice("strategy.name", self.strategy.name, STRATEGIES)
-        _choice("loss.name", self.loss.name, LOSSES)
+        # names are checked by their registries (one source of truth; imported here, not at the
+        # top, because the registries' modules import torch)
+        from .losses import LOSS_REGISTRY
+        from .strategies import STRATEGY_REGISTRY
+        from .strategies.auto import AUTO
+
+        if self.strategy.name != AUTO:
+            STRATEGY_REGISTRY.get(self.strategy.name)
+        LOSS_REGISTRY.get(self.loss.name)
         _choice("loss.class_weights", self.loss.class_weights, CLASS_WEIGHTS)
         _choice("optim.schedule", self.optim.schedule, SCHEDULES)
         _choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
@@ -308,19 +310,6 @@ class Config:
         _choice("data.cache", self.data.cache, ("auto", "ram", "none"))
         _choice("data.augment", self.data.augment, AUGMENTS)
         _choice("train.cache_features", self.train.cache_features, ("auto", "on", "off"))
-        if self.train.cache_features == "on":
-            if self.data.augment != "flip":
-                raise ConfigError(
-                    "train.cache_features=on needs data.augment=flip (random rescale, crop and "
-                    "colour jitter change the encoder's input every epoch, so its features "
-                    "cannot be cached; use --augment flip or --cache-features auto)"
-                )
-            if self.strategy.name not in ("head", "auto"):
-                raise ConfigError(
-                    f"train.cache_features=on needs strategy head (strategy {self.strategy.name} "
-                    "trains the encoder, so its features change every step; use --strategy head "
-                    "or --cache-features auto)"
-                )
         _choice("train.precision", self.train.precision, ("auto", "32", "16-mixed", "bf16-mixed"))
         if self.optim.lr is not None:
             _positive("optim.lr", self.optim.lr)
@@ -393,16 +382,11 @@ def _split_override(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def _did_you_mean(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _get_section(cfg: Config, section: str, source: str) -> Any:
     valid = _sections()
     if section not in valid:
         raise ConfigError(
-            f"{source}: unknown section '{section}'{_did_you_mean(section, valid)}; valid: {', '.join(valid)}"
+            f"{source}: unknown section '{section}'{did_you_mean(section, valid)}; valid: {', '.join(valid)}"
         )
     return getattr(cfg, section)
 
@@ -416,7 +400,7 @@ def _set_field(sec: Any, section: str, key: str, value: Any, source: str) -> Non
     if key not in by_name:
         valid = list(by_name)
         raise ConfigError(
-            f"{source}: unknown key '{section}.{key}'{_did_you_mean(key, valid)}; valid: {', '.join(valid)}"
+            f"{source}: unknown key '{section}.{key}'{did_you_mean(key, valid)}; valid: {', '.join(valid)}"
         )
     hint = typing.get_type_hints(type(sec))[key]
     if isinstance(value, bool) and f"{section}.{key}" in _ON_OFF_KEYS:
@@ -472,7 +456,7 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(
-            f"{name}={value!r} is not valid{_did_you_mean(str(value), list(allowed))}; choose one of: {', '.join(allowed)}"
+            f"{name}={value!r} is not valid{did_you_mean(str(value), list(allowed))}; choose one of: {', '.join(allowed)}"
         )
 
 
@@ -486,4 +470,3 @@ def _nonneg(name: str, value: float) -> None:
         raise ConfigError(f"{name}={value} must be >= 0")
 
 
-_ = dataclasses  # re-exported types stay importable for users building configs by hand

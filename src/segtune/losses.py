@@ -28,18 +28,24 @@ Class weights (:func:`class_weights_from_counts`) come from training-pixel frequ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LossConfig
+from ._registry import Registry
 from .errors import ConfigError, DataError
 
+if TYPE_CHECKING:
+    from .config import LossConfig
+
 __all__ = [
+    "LOSS_REGISTRY",
     "build_loss",
+    "list_losses",
     "class_weights_from_counts",
     "CrossEntropyLoss",
     "DiceLoss",
@@ -235,13 +241,42 @@ class CEDiceLoss(nn.Module):
         return self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
 
 
+#: loss name -> builder ``(cfg, num_classes, ignore_index, class_weights) -> nn.Module``.
+LOSS_REGISTRY: Registry[Callable[..., nn.Module]] = Registry("loss", "loss.name")
+
+
+@LOSS_REGISTRY.register("ce")
+def _ce(cfg: LossConfig, num_classes: int, ignore_index: int | None, weight: Tensor | None) -> nn.Module:
+    return CrossEntropyLoss(num_classes, ignore_index, weight)
+
+
+@LOSS_REGISTRY.register("dice")
+def _dice(cfg: LossConfig, num_classes: int, ignore_index: int | None, weight: Tensor | None) -> nn.Module:
+    return DiceLoss(num_classes, ignore_index, weight)
+
+
+@LOSS_REGISTRY.register("focal")
+def _focal(cfg: LossConfig, num_classes: int, ignore_index: int | None, weight: Tensor | None) -> nn.Module:
+    return FocalLoss(num_classes, ignore_index, weight, gamma=cfg.focal_gamma)
+
+
+@LOSS_REGISTRY.register("ce+dice")
+def _ce_dice(cfg: LossConfig, num_classes: int, ignore_index: int | None, weight: Tensor | None) -> nn.Module:
+    return CEDiceLoss(num_classes, ignore_index, weight, cfg.dice_weight)
+
+
+def list_losses() -> list[str]:
+    """Names accepted by ``loss.name``."""
+    return LOSS_REGISTRY.names()
+
+
 def build_loss(
     cfg: LossConfig,
     num_classes: int,
     ignore_index: int | None = 255,
     class_weights: Tensor | None = None,
 ) -> nn.Module:
-    """Build the training loss named by ``cfg.name``.
+    """Build the training loss named by ``cfg.name`` (see :data:`LOSS_REGISTRY`).
 
     Args:
         cfg: loss section of the config (``name``, ``focal_gamma``, ``dice_weight``;
@@ -254,23 +289,13 @@ def build_loss(
         ``nn.Module`` mapping ``(logits (N, C, H, W), target (N, H, W) int64)`` to a scalar.
 
     Raises:
-        ConfigError: unknown loss name or invalid parameter.
+        ConfigError: unknown loss name (with a suggestion) or invalid parameter.
     """
-    name = str(cfg.name).lower()
+    builder = LOSS_REGISTRY.get(cfg.name)
     try:
-        if name == "ce":
-            return CrossEntropyLoss(num_classes, ignore_index, class_weights)
-        if name == "dice":
-            return DiceLoss(num_classes, ignore_index, class_weights)
-        if name == "focal":
-            return FocalLoss(num_classes, ignore_index, class_weights, gamma=cfg.focal_gamma)
-        if name in ("ce+dice", "dice+ce"):
-            return CEDiceLoss(num_classes, ignore_index, class_weights, cfg.dice_weight)
+        return builder(cfg, num_classes, ignore_index, class_weights)
     except ValueError as e:
         raise ConfigError(f"config: loss: {e} (fix the loss section)") from None
-    raise ConfigError(
-        f"config: unknown loss.name {cfg.name!r} (use one of: ce, dice, focal, ce+dice)"
-    )
 
 
 def class_weights_from_counts(

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._progress import progress_iter
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, _read_image, _read_mask
 from .pairing import Problem, find_pairs, list_files
 from .spec import DatasetSpec, load_dataset_spec
@@ -216,36 +215,6 @@ def _value_counts(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vals.astype(np.int64), counts.astype(np.int64)
 
 
-def _iter_progress(items: list[Any], enabled: bool, desc: str) -> Iterator[Any]:
-    if not enabled or not items:
-        yield from items
-        return
-    try:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-    except ImportError:  # pragma: no cover - rich is a dependency
-        yield from items
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(desc, total=len(items))
-        for it in items:
-            yield it
-            bar.advance(task)
-
-
 def check_data(
     spec_or_path: DatasetSpec | str | Path,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -298,9 +267,7 @@ def check_data(
                 p.level = "error"
             problems.append(p)
 
-    for sname, img, mask in _iter_progress(
-        tasks, progress and sys.stderr.isatty(), "checking data"
-    ):
+    for sname, img, mask in progress_iter(tasks, "checking data", show=None if progress else False):
         pair_ok = True
         digest = _hash_file(img)
         if digest is not None:

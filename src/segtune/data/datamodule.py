@@ -17,8 +17,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from .. import _log
+from .._tensor import round_up
 from ..errors import DataError
 from .dataset import Pair, SegDataset, estimate_cache_bytes, mask_storage_dtype, pad_collate
+from .split import STREAM_TRAIN_ORDER, split_train_val
 from .transforms import eval_transforms, flip_only_transforms, train_transforms
 
 if TYPE_CHECKING:
@@ -26,13 +28,6 @@ if TYPE_CHECKING:
     from .spec import DatasetSpec
 
 __all__ = ["SegDataModule", "ResumableSampler", "seed_worker"]
-
-# independent seeded streams, so changing one option does not reshuffle the others
-_STREAM_VAL_SPLIT = 0
-_STREAM_TRAIN_SUBSET = 1
-_STREAM_VAL_SUBSET = 2
-_STREAM_TRAIN_ORDER = 3
-
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed NumPy and ``random`` from the worker's torch seed.
@@ -78,7 +73,7 @@ class ResumableSampler(DistributedSampler):
 
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """``(order, sample_seeds)`` of ``epoch``: this rank's indices, and one seed per index."""
-        rng = np.random.default_rng([self.seed, _STREAM_TRAIN_ORDER, int(epoch)])
+        rng = np.random.default_rng([self.seed, STREAM_TRAIN_ORDER, int(epoch)])
         perm = rng.permutation(self.n)
         seeds = rng.integers(0, 2**62, size=self.n, dtype=np.int64)
         total = self.num_samples * self.num_replicas
@@ -175,27 +170,20 @@ class SegDataModule(L.LightningDataModule):
                 "to dataset.yaml, or use a folder with images/ and masks/)"
             )
         train = self._split_pairs("train")
-        if "val" in splits and splits["val"].masks is not None:
-            val = self._split_pairs("val")
-        else:
-            if len(train) < 2:
-                raise DataError(
-                    f"{splits['train'].images}: only {len(train)} image/mask pair and no val split "
-                    "(add more pairs, or a val split in dataset.yaml)"
-                )
-            n_val = min(len(train) - 1, max(1, int(round(len(train) * float(self.cfg.val_fraction)))))
-            order = self._rng(_STREAM_VAL_SPLIT).permutation(len(train))
-            val_idx = set(order[:n_val].tolist())
-            val = [p for i, p in enumerate(train) if i in val_idx]
-            train = [p for i, p in enumerate(train) if i not in val_idx]
+        has_val = "val" in splits and splits["val"].masks is not None
+        split = split_train_val(
+            train, self._split_pairs("val") if has_val else None, val_fraction=self.cfg.val_fraction,
+            seed=self.seed, max_train_images=self.cfg.max_train_images,
+            max_val_images=self.cfg.max_val_images, source=str(splits["train"].images),
+        )
+        if split.held_out:
+            n = len(train)
             _log.info(
-                f"no val split: holding out {len(val)} of {len(train) + len(val)} training pairs for "
+                f"no val split: holding out {split.held_out} of {n} training pairs for "
                 f"validation (val_fraction={self.cfg.val_fraction}, seed={self.seed}); "
-                f"{len(train)} left for training"
+                f"{n - split.held_out} left for training"
             )
-        train = self._subset(train, self.cfg.max_train_images, _STREAM_TRAIN_SUBSET)
-        val = self._subset(val, self.cfg.max_val_images, _STREAM_VAL_SUBSET)
-        return train, val
+        return split.train, split.val
 
     def _split_pairs(self, name: str) -> list[Pair]:
         from .pairing import find_pairs
@@ -224,17 +212,6 @@ class SegDataModule(L.LightningDataModule):
                 "ambiguous files are left out (run `segtune check-data` to list them all)"
             )
         return pairs
-
-    def _subset(self, pairs: list[Pair], limit: int | None, stream: int) -> list[Pair]:
-        if limit is None or limit >= len(pairs):
-            return pairs
-        if limit < 1:
-            raise DataError(f"max images = {limit}: must be at least 1 (or unset to use all)")
-        keep = set(self._rng(stream).permutation(len(pairs))[: int(limit)].tolist())
-        return [p for i, p in enumerate(pairs) if i in keep]
-
-    def _rng(self, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, stream])
 
     def _decide_cache(self, pairs: list[Pair]) -> bool:
         mode = self.cfg.cache
@@ -323,13 +300,40 @@ class SegDataModule(L.LightningDataModule):
 
             assert self._train_pairs is not None, "setup() first"
             sizes = [image_size(i) for i, _ in self._train_pairs]
-            self._pad_size = (_round32(max(h for _, h in sizes)), _round32(max(w for w, _ in sizes)))
+            self._pad_size = (round_up(max(h for _, h in sizes)), round_up(max(w for w, _ in sizes)))
         return self._pad_size
 
-    def set_feature_dataset(self, ds: Any) -> None:
-        """Train from cached encoder features (a :class:`~segtune.data.feature_cache.CachedFeatureDataset`,
-        same length and keys as :attr:`train_dataset`), or from images again with ``None``."""
-        self._feature_ds = ds
+    def train_from_features(
+        self, model: torch.nn.Module, disk_dir: Path, channels_last: bool = False, progress: bool = True
+    ) -> None:
+        """Run the frozen encoder once over every training image (and its mirror) and train
+        from the stored features from now on (:mod:`segtune.data.feature_cache`).
+
+        The decoded training images are dropped afterwards; :meth:`train_from_images` frees the
+        features (RAM and ``disk_dir``) again.
+
+        Args:
+            model: the :class:`~segtune.models.SegModel`, on the device to compute on.
+            disk_dir: folder for the on-disk fallback above ``data.cache_max_gb``.
+            channels_last: compute as the training step does on a CPU (NHWC).
+            progress: progress bar on stderr.
+        """
+        from .feature_cache import CachedFeatureDataset, build_feature_cache
+
+        size = self.train_pad_size()
+        store = build_feature_cache(
+            model, self.train_dataset, size, self.mean, self.std, hflip=self.cfg.hflip,
+            budget_bytes=float(self.cfg.cache_max_gb) * 2**30, disk_dir=disk_dir,
+            batch_size=int(self.cfg.batch_size), channels_last=channels_last, progress=progress,
+        )
+        self._feature_ds = CachedFeatureDataset(self.train_dataset, store, size, 0.5 if self.cfg.hflip else 0.0)
+        self.train_dataset.clear_cache()  # decoded training images are not needed any more
+
+    def train_from_images(self) -> None:
+        """Stop training from cached features (if any) and free them."""
+        if self._feature_ds is not None:
+            self._feature_ds.store.release()
+            self._feature_ds = None
 
     @property
     def feature_dataset(self) -> Any:
@@ -421,18 +425,25 @@ class SegDataModule(L.LightningDataModule):
             ds, batch_size=bs, sampler=sampler, generator=gen, drop_last=len(sampler) > bs, **kw,
         )
 
-    def val_dataloader(self) -> DataLoader:
-        """Full-size validation batches in file order (padded to a multiple of 32)."""
+    def val_dataloader(self, whole: bool = False) -> DataLoader:
+        """Full-size validation batches in file order (padded to a multiple of 32).
+
+        Under data-parallel training (``torch.distributed`` running with more than one process)
+        each rank gets its share, every image scored by exactly one rank (no padding repeats:
+        Lightning's default sampler would score some twice); ``whole=True`` gives every image.
+        """
+        import torch.distributed as dist
+
         gen = torch.Generator()  # own generator: validating never advances the global RNG
         gen.manual_seed(self.seed)
-        return DataLoader(
-            self.val_dataset, batch_size=int(self.cfg.val_batch_size), shuffle=False, generator=gen,
-            **self._loader_kwargs(),
-        )
+        kw = self._loader_kwargs()
+        bs = int(self.cfg.val_batch_size)
+        if not whole and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
-
-def _round32(n: int) -> int:
-    return int(math.ceil(int(n) / 32) * 32)
+            sampler = UnrepeatedDistributedSampler(self.val_dataset, shuffle=False)
+            return DataLoader(self.val_dataset, batch_size=bs, sampler=sampler, generator=gen, **kw)
+        return DataLoader(self.val_dataset, batch_size=bs, shuffle=False, generator=gen, **kw)
 
 
 def _norm(p: Path | str) -> Path:

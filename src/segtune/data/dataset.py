@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from .._progress import progress as progress_bar
 from ..errors import DataError
 
 if TYPE_CHECKING:
@@ -266,11 +267,8 @@ class SegDataset(Dataset):
         todo = [i for i, c in enumerate(self._cache) if c is None]
         if not todo:
             return
-        from .. import _log
-
         threads = threads or max(1, min(8, os.cpu_count() or 1))
-        show = progress and not getattr(_log, "_QUIET", False)
-        with _progress(show, "decoding images", len(todo)) as advance:
+        with progress_bar(None if progress else False, "decoding images", len(todo)) as advance:
             if threads == 1:
                 for i in todo:
                     self.load(i)
@@ -346,35 +344,4 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     except RuntimeError:  # pragma: no cover - exotic tensors
         return False
 
-
-class _progress:
-    """Context manager yielding an ``advance()`` callable; a rich bar on stderr when shown."""
-
-    def __init__(self, show: bool, description: str, total: int) -> None:
-        self.show, self.description, self.total = show, description, total
-        self._bar: Any = None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.show:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 

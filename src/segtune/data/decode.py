@@ -18,7 +18,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,12 +26,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .. import _log
 from ..errors import DataError
 
-if TYPE_CHECKING:
-    from .spec import DatasetSpec
+
+class MaskEncoding(Protocol):
+    """What decoding a mask needs to know of a data set (:class:`~segtune.data.spec.DatasetSpec`
+    provides it; decoding does not import the spec module)."""
+
+    mask_format: str
+    colors: list[tuple[int, int, int]] | None
+    ignore_color: tuple[int, int, int] | None
+    ignore_index: int
+    ignore_index_explicit: bool
+    unknown_as_ignore: bool
+
+    @property
+    def num_classes(self) -> int: ...
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DecodeError",
+    "MaskEncoding",
     "read_image",
     "read_mask",
     "image_size",
@@ -432,7 +445,7 @@ def _mask_alpha(alpha: np.ndarray, path: Path, channels: int) -> None:
 
 
 def _map_colors(
-    rgb: np.ndarray, spec: DatasetSpec, path: Path, notes: list[tuple[str, str]] | None = None
+    rgb: np.ndarray, spec: MaskEncoding, path: Path, notes: list[tuple[str, str]] | None = None
 ) -> np.ndarray:
     """Map ``(H, W, 3) uint8`` colours to ``(H, W) int64`` class ids through ``spec.colors``.
 
@@ -461,7 +474,7 @@ def _map_colors(
         )
         more = f" and {len(uniq) - 5} more" if len(uniq) > 5 else ""
         what = f"{int(counts.sum())} pixels have {len(uniq)} colour(s) not in dataset.yaml colors: {shown}{more}"
-        if getattr(spec, "unknown_as_ignore", False):
+        if spec.unknown_as_ignore:
             out = vals[idx]
             out[~hit] = spec.ignore_index
             if notes is not None:
@@ -476,7 +489,7 @@ def _map_colors(
     return vals[idx]
 
 
-def _read_mask(path: Path, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Decoded:
+def _read_mask(path: Path, spec: MaskEncoding, max_pixels: int = DEFAULT_MAX_PIXELS) -> _Decoded:
     notes: list[tuple[str, str]] = []
     im = _open(path, max_pixels, "mask")
     try:
@@ -554,7 +567,7 @@ def _read_mask(path: Path, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXE
 
 
 def read_mask(
-    path: str | Path, spec: DatasetSpec, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path, spec: MaskEncoding, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Read a mask as class indices.
 

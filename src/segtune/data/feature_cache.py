@@ -40,10 +40,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .. import _log
+from .._progress import progress as progress_bar
 from ..errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..strategies import Strategy
     from .dataset import SegDataset
 
 __all__ = [
@@ -68,19 +70,19 @@ ON_LINE = (
 
 
 # ----------------------------------------------------------------------------- decision
-def cache_decision(cfg: Config, model: nn.Module, world: int = 1, strategy: Any = None) -> tuple[bool, str]:
+def cache_decision(cfg: Config, model: nn.Module, strategy: Strategy, world: int = 1) -> tuple[bool, str]:
     """Whether the run trains from cached encoder features, and a log line saying why.
 
-    Valid when the strategy is ``head``, ``data.augment`` is ``flip``, the model splits into
-    encoder -> decoder (SMP architectures), training runs in one process, and the encoder is a
-    fixed function in training mode (no dropout / drop-path; checked by :func:`encoder_is_fixed`
-    when ``strategy`` is given).
+    The one place this is decided. Valid when the strategy keeps the whole encoder frozen
+    (``strategy.encoder_frozen``, e.g. ``head``), ``data.augment`` is ``flip``, the model splits
+    into encoder -> decoder (SMP architectures), training runs in one process, and the encoder is
+    a fixed function in training mode (no dropout / drop-path; checked by :func:`encoder_is_fixed`).
 
     Args:
-        cfg: the resolved config (``strategy.name`` no longer ``auto``).
+        cfg: the resolved config.
         model: the :class:`~segtune.models.SegModel`.
+        strategy: the built strategy (applied to a copy of the model for the stochasticity probe).
         world: number of training processes.
-        strategy: the built strategy (applied to the model for the stochasticity probe).
 
     Returns:
         ``(on, line)``.
@@ -92,8 +94,8 @@ def cache_decision(cfg: Config, model: nn.Module, world: int = 1, strategy: Any 
     if mode == "off":
         return False, "feature cache: off (train.cache_features=off)"
     why = ""
-    if cfg.strategy.name != "head":
-        why = f"strategy {cfg.strategy.name} trains the encoder, so its features change every step"
+    if not strategy.encoder_frozen:
+        why = f"strategy {strategy.name} trains the encoder, so its features change every step"
     elif cfg.data.augment != "flip":
         d = cfg.data
         parts = ["crops"]
@@ -110,7 +112,7 @@ def cache_decision(cfg: Config, model: nn.Module, world: int = 1, strategy: Any 
         why = f"{getattr(model, 'arch', 'this model')} does not split into encoder -> decoder (SMP architectures do)"
     elif world > 1:
         why = f"{world} training processes (DDP); the cache works in a single process"
-    elif strategy is not None and not encoder_is_fixed(model, strategy):
+    elif not encoder_is_fixed(model, strategy):
         why = "the encoder is random in training mode (dropout or drop-path), so its features are not fixed"
     if why:
         if mode == "on":
@@ -285,7 +287,6 @@ def build_feature_cache(
     Raises:
         RunError: features overflow float16 (use ``--cache-features off``).
     """
-    from .dataset import _progress
     from .transforms import flip_only_transforms
 
     t0 = time.perf_counter()
@@ -327,8 +328,7 @@ def build_feature_cache(
             f"feature cache: {n} images x {views} view(s) at {size[1]}x{size[0]}, levels {stored} of "
             f"{len(levels)} (the others the decoder does not read), {need / 2**20:.0f} MiB float16 in {where}"
         )
-        show = progress and not getattr(_log, "_QUIET", False)
-        with _progress(show, "caching encoder features", n * views) as advance:
+        with progress_bar(None if progress else False, "caching encoder features", n * views) as advance:
             for start in range(0, n, batch_size):
                 idx = range(start, min(n, start + batch_size))
                 for v in range(views):

@@ -19,7 +19,6 @@ classes are then inferred by scanning the mask values.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from .. import _log
+from .._registry import did_you_mean
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -170,14 +170,9 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
 
 
 # ------------------------------------------------------------------ yaml
-def _did_you_mean(name: str, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _unknown_key(source: Path, where: str, key: Any, valid: tuple[str, ...]) -> ConfigError:
     return ConfigError(
-        f"{source}: unknown key '{where}{key}'{_did_you_mean(key, valid)}; valid keys: {', '.join(valid)}"
+        f"{source}: unknown key '{where}{key}'{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}"
     )
 
 
@@ -238,7 +233,7 @@ def _from_yaml(yaml_path: Path) -> DatasetSpec:
         mask_format = "auto"
     if mask_format not in MASK_FORMATS:
         raise ConfigError(
-            f"{yaml_path}: mask_format: {mask_format!r} is not valid{_did_you_mean(str(mask_format), MASK_FORMATS)}; "
+            f"{yaml_path}: mask_format: {mask_format!r} is not valid{did_you_mean(str(mask_format), MASK_FORMATS)}; "
             f"valid: {', '.join(MASK_FORMATS)}"
         )
 

@@ -22,7 +22,6 @@ Padding conventions (used everywhere in segtune):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from .._tensor import round_up
 
 __all__ = [
     "train_transforms",
@@ -86,11 +87,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 32, fill: Fill = 0) -> torc
         Tensor ``(..., ceil(H/m)*m, ceil(W/m)*m)``, same dtype; ``x[..., :H, :W]`` is unchanged.
     """
     h, w = x.shape[-2:]
-    return pad_to_size(x, _round_up(h, multiple), _round_up(w, multiple), fill)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return int(math.ceil(n / multiple) * multiple)
+    return pad_to_size(x, round_up(h, multiple), round_up(w, multiple), fill)
 
 
 def _fill_for(fill: dict[Any, Fill], inpt: Any) -> Fill:
@@ -208,8 +205,8 @@ class PadToMultiple(_Transform):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = v2.query_size(flat_inputs)
-        return {"height": max(_round_up(h, self.multiple), self.size[0]),
-                "width": max(_round_up(w, self.multiple), self.size[1])}
+        return {"height": max(round_up(h, self.multiple), self.size[0]),
+                "width": max(round_up(w, self.multiple), self.size[1])}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask, tv_tensors.Video)):

@@ -39,8 +39,8 @@ class StrategyCallback(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply(trainer, pl_module)
-        name = getattr(pl_module.strategy, "name", "")
-        if name == "gradual" and trainer.current_epoch != self._last_epoch_announced:
+        # a strategy whose trainable set changes over epochs (gradual) says how much trains now
+        if not pl_module.strategy.static and trainer.current_epoch != self._last_epoch_announced:
             self._last_epoch_announced = trainer.current_epoch
             rows = pl_module.strategy.summary(trainer.current_epoch)
             trainable = sum(r["trainable"] for r in rows)

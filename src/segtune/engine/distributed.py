@@ -30,7 +30,6 @@ after every backward pass, so all copies stay identical. What segtune adds to Li
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -44,13 +43,11 @@ from ..errors import ConfigError, DataError
 from .run import default_run_name
 
 if TYPE_CHECKING:
-    from torch.utils.data import DataLoader
 
     from ..config import Config
 
 __all__ = [
     "RUN_DIR_ENV",
-    "DUMP_ENV",
     "world_size",
     "launch_rank",
     "follower_run_dir",
@@ -59,15 +56,11 @@ __all__ = [
     "ddp_summary",
     "ddp_strategy",
     "TimmSyncBatchNorm",
-    "distributed_val_loader",
-    "dump_rank_state",
+    "check_val_size",
 ]
 
 #: Rank 0 exports its run folder here before Lightning launches the other local processes.
 RUN_DIR_ENV = "SEGTUNE_RUN_DIR"
-#: Test hook: every rank writes ``rank{r}.safetensors`` (final weights) and ``rank{r}.json``
-#: (last validation metrics as that rank computed them) into this folder after training.
-DUMP_ENV = "SEGTUNE_TEST_DUMP_RANK_WEIGHTS"
 
 def world_size(cfg: Config) -> int:
     """Number of training processes: ``train.devices x train.num_nodes``."""
@@ -203,66 +196,14 @@ def _revert_sync_bn(module: nn.Module) -> nn.Module:
     return out
 
 
-def distributed_val_loader(loader: DataLoader) -> DataLoader:
-    """``loader`` with an :class:`UnrepeatedDistributedSampler` when ``torch.distributed`` runs.
-
-    Every validation image is scored by exactly one rank (no padding repeats); call it from
-    ``val_dataloader`` (Lightning keeps a sampler that is already distributed).
-    """
-    import torch.distributed as dist
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-    from torch.utils.data import DataLoader
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return loader
-    sampler = UnrepeatedDistributedSampler(loader.dataset, shuffle=False)
-    kw: dict[str, Any] = {
-        "batch_size": loader.batch_size,
-        "sampler": sampler,
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "worker_init_fn": loader.worker_init_fn,
-        "generator": loader.generator,
-    }
-    if loader.num_workers > 0:
-        kw["persistent_workers"] = loader.persistent_workers
-    return DataLoader(loader.dataset, **kw)
-
-
-def use_unrepeated_validation(dm: Any, world: int) -> None:
-    """Make ``dm.val_dataloader()`` shard without repeats under DDP (see :func:`distributed_val_loader`).
+def check_val_size(n_val: int, world: int) -> None:
+    """Refuse DDP with fewer validation images than processes.
 
     Raises:
-        DataError: fewer validation images than processes (a rank without a validation batch
-            would leave the others waiting).
+        DataError: a rank without a validation batch would leave the others waiting.
     """
-    n_val = len(dm.val_pairs)
     if n_val < world:
         raise DataError(
             f"{n_val} validation image(s) for {world} training processes: every process needs at "
             "least one (add validation images, or train on fewer devices)"
         )
-    original = dm.val_dataloader
-
-    def val_dataloader() -> DataLoader:
-        return distributed_val_loader(original())
-
-    dm.val_dataloader = val_dataloader
-
-
-def dump_rank_state(trainer: Any, module: Any) -> None:
-    """Test hook (:data:`DUMP_ENV`): write this rank's final weights and validation metrics."""
-    folder = os.environ.get(DUMP_ENV)
-    if not folder:
-        return
-    from safetensors.torch import save_file
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    r = int(trainer.global_rank)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.model.state_dict().items()}
-    save_file(state, str(out / f"rank{r}.safetensors"))
-    m = module.last_val_metrics or {}
-    payload = {"rank": r, "world_size": int(trainer.world_size), "metrics": m}
-    (out / f"rank{r}.json").write_text(json.dumps(payload, default=float))

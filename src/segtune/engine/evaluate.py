@@ -10,31 +10,11 @@ from torch.utils.data import DataLoader
 
 from .. import _log
 from .._io import atomic_write_json
+from .._progress import progress_iter
+from .._tensor import cpu_channels_last, forward_chunked
 from ..errors import DataError
 
-__all__ = ["evaluate", "evaluate_model", "write_evaluation", "forward_chunked", "CPU_CHUNK_PIXELS"]
-
-#: On a CPU, an inference forward pass takes at most this many pixels (images x H x W) at once.
-CPU_CHUNK_PIXELS = 1 << 18
-
-
-def forward_chunked(model: torch.nn.Module, x: torch.Tensor, max_pixels: int = CPU_CHUNK_PIXELS) -> torch.Tensor:
-    """``model(x)`` for an inference batch, run a few images at a time on a CPU.
-
-    On a CPU a forward pass over several large images at once is slower per image than one
-    image at a time (its activations spill the caches): 4 x 480x384 in one pass took 1.6x as
-    long as four single-image passes (Unet + EfficientNet-Lite0, ``benchmarks/throughput.py``);
-    at 256x256 it is a draw and at 128x128 the batch wins. So on a CPU the batch is split into
-    chunks of at most ``max_pixels`` pixels (at least one image) and the logits concatenated.
-    Results are those of ``model(x)`` (per-image computation in eval mode); a model in training
-    mode (batch statistics) or on a GPU runs the whole batch at once.
-    """
-    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-    per = max(1, int(max_pixels) // max(1, h * w))
-    if x.device.type != "cpu" or model.training or per >= n:
-        return model(x)
-    return torch.cat([model(c) for c in x.split(per)])
-
+__all__ = ["evaluate", "evaluate_model", "write_evaluation"]
 
 @torch.inference_mode()
 def evaluate_model(
@@ -58,19 +38,13 @@ def evaluate_model(
     Returns:
         Metrics dict with ``confusion_matrix`` ((C,C) nested list, rows = truth) added.
     """
-    from ..inference.predictor import cpu_channels_last
     from ..metrics import confusion_matrix, segmentation_metrics
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     channels_last = cpu_channels_last(model, device)  # faster CPU convolutions
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    it = loader
-    if progress:
-        from ..inference.predictor import progress_iter
-
-        it = progress_iter(loader, "evaluating", total=len(loader))
-    for batch in it:
+    for batch in progress_iter(loader, "evaluating", show=None if progress else False):
         x = batch["image"].to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from .._tensor import cpu_channels_last, forward_chunked
 from ..config import OptimConfig
 from ..metrics import ConfusionMatrix, segmentation_metrics
 
@@ -96,8 +97,6 @@ class SegTuneModule(L.LightningModule):
             self._fill_uninitialized = bool(det.fill_uninitialized_memory)
             det.fill_uninitialized_memory = False
         if self.trainer.world_size == 1:  # one CPU process: NHWC convolutions (DDP left as is)
-            from ..inference.predictor import cpu_channels_last
-
             self._channels_last = cpu_channels_last(self.model, self.trainer.strategy.root_device)
 
     def teardown(self, stage: str) -> None:
@@ -144,8 +143,6 @@ class SegTuneModule(L.LightningModule):
         self._val_loss_sum, self._val_loss_n = 0.0, 0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        from .evaluate import forward_chunked
-
         x, y = batch["image"], batch["mask"]
         logits = forward_chunked(self.model, self._input(x))  # CPU: large images one at a time
         loss = self.loss_fn(logits, y)

@@ -24,7 +24,6 @@ Lightning removed mid-epoch fault tolerance in 2.0, so segtune keeps what it nee
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
 import threading
@@ -53,16 +52,12 @@ __all__ = [
     "remove_stale_temp_files",
     "AUTO_CHECKPOINT_STEPS",
     "AUTO_CHECKPOINT_SECONDS",
-    "TEST_SIGNAL_ENV",
 ]
 
 #: ``train.checkpoint_every: 0`` (auto) saves every this many optimiser steps ...
 AUTO_CHECKPOINT_STEPS = 50
 #: ... but skips a save when the previous one is younger than this (fast GPU steps).
 AUTO_CHECKPOINT_SECONDS = 60.0
-#: Test hook: ``"7"`` SIGKILLs the process at the start of optimiser step 7 (1-based);
-#: ``"7:INT"`` / ``"7:TERM"`` send that signal instead.
-TEST_SIGNAL_ENV = "SEGTUNE_TEST_SIGNAL_AT_STEP"
 
 _FORMAT = 1
 
@@ -183,15 +178,12 @@ class ResumeCallback(Checkpoint):
         self._last_save_time = time.monotonic()
         self._pending_rng: dict[str, Any] | None = None
         self._save_at_epoch_end = False
-        self._test_signal = _parse_test_signal(os.environ.get(TEST_SIGNAL_ENV, ""))
 
     # -- hooks ---------------------------------------------------------------
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:
             restore_rng(self._pending_rng)  # exactly where the saved run continued
             self._pending_rng = None
-        if self._test_signal and trainer.global_step + 1 == self._test_signal[0]:
-            os.kill(os.getpid(), self._test_signal[1])
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # After an epoch's last batch, validation and the epoch-end hooks still have to run:
@@ -303,14 +295,6 @@ def _rebase_model_checkpoints(trainer: L.Trainer, checkpoint: dict[str, Any]) ->
         if isinstance(state.get("best_k_models"), dict):
             state["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
         state["dirpath"] = new
-
-
-def _parse_test_signal(text: str) -> tuple[int, int] | None:
-    if not text.strip():
-        return None
-    step, _, name = text.partition(":")
-    sig = getattr(signal, "SIG" + (name.strip().upper() or "KILL"))
-    return int(step), int(sig)
 
 
 # ----------------------------------------------------------------------------- drift

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from .. import _log
-from .._io import atomic_write_json, atomic_write_yaml
+from .._io import atomic_write_yaml
+from .._tensor import cpu_channels_last
 from ..config import Config, apply_overrides
 from ..errors import ConfigError, DataError, RunError, SegtuneError
 from .callbacks import AtomicCheckpointIO, HistoryCallback, StrategyCallback
@@ -24,13 +27,12 @@ from .distributed import (
     RUN_DIR_ENV,
     TimmSyncBatchNorm,
     check_distributed_config,
+    check_val_size,
     ddp_strategy,
     ddp_summary,
-    dump_rank_state,
     follower_run_dir,
     launch_rank,
     lr_factor,
-    use_unrepeated_validation,
     world_size,
 )
 from .module import SegTuneModule
@@ -51,6 +53,7 @@ from .run import (
     default_run_name,
     free_run_name,
     new_run_dir,
+    remove_if_unused,
     save_model,
 )
 
@@ -126,38 +129,16 @@ def train(
     *,
     resume: str | Path | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
-) -> Run:
-    """Fine-tune a segmentation model and write a run folder (see :func:`_train`).
-
-    A run refused before training starts (bad data, bad weights) leaves no run folder behind.
-    """
-    created: list[Path] = []
-    try:
-        return _train(config, resume=resume, overrides=overrides, _created=created)
-    except SegtuneError:
-        for d in created:
-            _remove_if_unused(d)
-        raise
-
-
-def _remove_if_unused(run_dir: Path) -> None:
-    """Delete a run folder this call created if it holds nothing but its config.yaml."""
-    try:
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {CONFIG_FILE}:
-            (run_dir / CONFIG_FILE).unlink(missing_ok=True)
-            run_dir.rmdir()
-    except OSError:
-        pass
-
-
-def _train(
-    config: Config | dict | str | Path | None = None,
-    *,
-    resume: str | Path | None = None,
-    overrides: dict[str, Any] | list[str] | None = None,
-    _created: list[Path] | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> Run:
     """Fine-tune a segmentation model and write a run folder.
+
+    The phases, each a function below: open the run folder (:func:`_open_run`); check the data
+    and fill the auto defaults (:func:`_check_data`, :func:`_choose_defaults`); build the model,
+    data, loss, strategy and module (:func:`_build_parts`); build the Lightning trainer
+    (:func:`_build_trainer`); fit (:func:`_fit`); evaluate and write the model
+    (:func:`_finalize`). A run refused before training starts (bad data, bad weights, bad
+    config) leaves no run folder behind.
 
     Args:
         config: a :class:`Config`, a nested dict, or a YAML path. ``config.data.root`` must name
@@ -165,6 +146,7 @@ def _train(
         resume: a run folder to continue from its last checkpoint (its config.yaml is used;
             ``config`` is ignored).
         overrides: ``{"optim.lr": 3e-4}`` or ``["optim.lr=3e-4"]`` applied on top of ``config``.
+        callbacks: extra Lightning callbacks (logging, custom stops), run after segtune's own.
 
     Returns:
         The :class:`Run` (folder, final validation metrics, history, summary).
@@ -172,57 +154,114 @@ def _train(
     Raises:
         SegtuneError: bad data, bad config, missing weights, or an existing run folder.
     """
-    from ..data import SegDataModule, check_data, load_dataset_spec
-    from ..losses import build_loss, class_weights_from_counts
-    from ..models import create_model
-    from ..strategies import build_strategy
-
     t_start = time.perf_counter()
     _quiet_lightning()
+    start = _open_run(config, resume, overrides)
+    if start.complete:
+        _log.info(f"{start.run_dir}: run already complete; nothing to resume")
+        return _load_run(start.run_dir)
+    try:
+        if start.rank:
+            _log.set_quiet(True)  # rank 0 reports for all processes
+        L.seed_everything(start.cfg.train.seed, workers=True, verbose=False)
+        data = _check_data(start.cfg, start.rank)
+        notes = _choose_defaults(start, data)
+        parts = _build_parts(start, data, notes)
+        trainer, cbs = _build_trainer(start, parts, callbacks)
+        _fit(start, parts, trainer, cbs)
+    except SegtuneError:
+        start.remove_if_unused()
+        raise
+    if not trainer.is_global_zero:
+        return Run(dir=start.run_dir)
+    return _finalize(start, parts, trainer, cbs, t_start)
+
+
+# ----------------------------------------------------------------------------- phase: run folder
+@dataclass
+class _Start:
+    """What :func:`_open_run` decided: the config, the run folder and where training begins."""
+
+    cfg: Config
+    run_dir: Path
+    resuming: bool
     ckpt_path: str | None = None
+    complete: bool = False
+    world: int = 1
+    rank: int = 0
+    created: list[Path] = field(default_factory=list)
+
+    def remove_if_unused(self) -> None:
+        """Delete the folders this call created if a refused start left only config.yaml there."""
+        for d in self.created:
+            if d == self.run_dir:
+                remove_if_unused(d)
+            else:  # the output folder: only when it is empty now
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+
+
+def _open_run(config: Any, resume: str | Path | None, overrides: Any) -> _Start:
+    """Resolve the config and open the run folder: a new one (rank 0 creates it), or the one
+    being resumed with its last checkpoint."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise RunError(f"{run_dir}: no {CONFIG_FILE} here, so it is not a segtune run folder to resume")
         if (run_dir / MODEL_META).is_file() and (run_dir / METRICS_FILE).is_file():
-            _log.info(f"{run_dir}: run already complete; nothing to resume")
-            return _load_run(run_dir)
+            return _Start(Config(), run_dir, resuming=True, complete=True)
         cfg = resolve_config(run_dir / CONFIG_FILE, overrides)
         check_distributed_config(cfg)
-        if launch_rank(cfg.train.devices) == 0:
+        rank = launch_rank(cfg.train.devices)
+        if rank == 0:
             remove_stale_temp_files(run_dir)  # half-written files of a killed run
         last = run_dir / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            ckpt_path = str(last)
-        else:
+        if not last.is_file():
             _log.info(f"{run_dir}: no checkpoint yet; starting this run again from the beginning")
-    else:
-        cfg = resolve_config(config, overrides)
-        if not cfg.data.root:
-            raise ConfigError("data.root is not set: pass the data set folder (e.g. `segtune train DATA`)")
-        check_distributed_config(cfg)
-        if launch_rank(cfg.train.devices) == 0:
-            name = cfg.train.name or free_run_name(cfg.train.out, default_run_name(cfg.model.arch, cfg.strategy.name))
-            cfg.train.name = name
-            fresh = not (Path(cfg.train.out) / name).exists()
-            run_dir = new_run_dir(cfg.train.out, name, overwrite=cfg.train.overwrite)
-            if fresh and _created is not None:
-                _created.append(run_dir)
-            if world_size(cfg) > 1:  # the processes Lightning starts for DDP find the folder here
-                os.environ[RUN_DIR_ENV] = str(run_dir)
-        else:  # DDP rank > 0: rank 0 owns the run folder; this process writes nothing there
-            run_dir = follower_run_dir(cfg)
-    world = world_size(cfg)
+        return _Start(cfg, run_dir, True, str(last) if last.is_file() else None,
+                      world=world_size(cfg), rank=rank)
+    cfg = resolve_config(config, overrides)
+    if not cfg.data.root:
+        raise ConfigError("data.root is not set: pass the data set folder (e.g. `segtune train DATA`)")
+    check_distributed_config(cfg)
     rank = launch_rank(cfg.train.devices)
-    if rank:
-        _log.set_quiet(True)  # rank 0 reports for all processes
+    created: list[Path] = []
+    if rank == 0:
+        name = cfg.train.name or free_run_name(cfg.train.out, default_run_name(cfg.model.arch, cfg.strategy.name))
+        cfg.train.name = name
+        out = Path(cfg.train.out)
+        if not out.exists():
+            created.append(out)
+        fresh = not (out / name).exists()
+        run_dir = new_run_dir(out, name, overwrite=cfg.train.overwrite)
+        if fresh:
+            created.insert(0, run_dir)
+        if world_size(cfg) > 1:  # the processes Lightning starts for DDP find the folder here
+            os.environ[RUN_DIR_ENV] = str(run_dir)
+    else:  # DDP rank > 0: rank 0 owns the run folder; this process writes nothing there
+        run_dir = follower_run_dir(cfg)
+    return _Start(cfg, run_dir, False, world=world_size(cfg), rank=rank, created=created)
 
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+# ----------------------------------------------------------------------------- phase: data + auto
+@dataclass
+class _Data:
+    spec: Any
+    report: Any
+    skip: set[Path]
+
+
+def _check_data(cfg: Config, rank: int) -> _Data:
+    """Check every pair (one pass, all problems); refuse bad data unless ``data.skip_bad``."""
+    from ..data import check_data, load_dataset_spec
+
     spec = load_dataset_spec(cfg.data.root)
     report = check_data(spec, max_pixels=cfg.data.max_pixels, progress=cfg.train.progress and rank == 0)
-    errors = [p for p in report.problems if getattr(p, "level", "error") == "error"]
+    errors = [p for p in report.problems if p.level == "error"]
     for p in report.problems:
-        if getattr(p, "level", "error") != "error":
+        if p.level != "error":
             _log.warn(str(p))
     skip: set[Path] = set()
     if errors:
@@ -233,70 +272,127 @@ def _train(
             )
         for p in errors:
             _log.warn(f"skipped: {p}")
-        skip = set(getattr(report, "bad_files", set()))
+        skip = set(report.bad_files)
+    return _Data(spec, report, skip)
 
-    if resume is None:
-        from ..strategies.auto import resolve_auto
 
-        auto_notes = resolve_auto(cfg, _count_train_images(cfg, spec, report, skip))
-    else:
-        auto_notes = []
-    if rank == 0 and (not (run_dir / CONFIG_FILE).is_file() or resume is None):
-        atomic_write_yaml(run_dir / CONFIG_FILE, cfg.to_dict())
+def _choose_defaults(start: _Start, data: _Data) -> list[str]:
+    """Fill ``auto`` values from the number of training images (new runs only); write
+    config.yaml (rank 0). Returns the lines explaining the choices (printed once the model
+    is built, so a refusal stays a single line)."""
+    from ..data.split import split_train_val
+    from ..strategies.auto import resolve_auto
 
-    strategy_pretrained = cfg.strategy.name != "scratch"
-    weights = cfg.model.weights if strategy_pretrained else "none"
-    model = create_model(cfg.model.arch, cfg.model.encoder, num_classes=spec.num_classes, weights=weights)
-    for note in auto_notes:  # after the model exists, so a refusal stays a single line
+    cfg = start.cfg
+    notes: list[str] = []
+    if not start.resuming:
+        # the same pure split as the data module's (report.pairs holds the usable pairs only)
+        spec, pairs = data.spec, data.report.pairs
+        has_val = "val" in spec.splits and spec.splits["val"].masks is not None
+        split = split_train_val(
+            pairs.get("train", []), pairs.get("val", []) if has_val else None,
+            val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+            max_train_images=cfg.data.max_train_images, source=str(cfg.data.root),
+        )
+        notes = resolve_auto(cfg, len(split.train))
+    if start.rank == 0 and (not start.resuming or not (start.run_dir / CONFIG_FILE).is_file()):
+        atomic_write_yaml(start.run_dir / CONFIG_FILE, cfg.to_dict())
+    return notes
+
+
+# ----------------------------------------------------------------------------- phase: components
+@dataclass
+class _Parts:
+    spec: Any
+    model: Any
+    dm: Any
+    strategy: Any
+    module: SegTuneModule
+    fprint: dict[str, Any]
+    feature_cache: bool
+    summary: dict[str, Any]
+
+
+def _build_parts(start: _Start, data: _Data, notes: list[str]) -> _Parts:
+    """Model, data module, loss, strategy and the Lightning module; the feature-cache decision."""
+    from ..data import SegDataModule
+    from ..data.feature_cache import cache_decision
+    from ..losses import build_loss, class_weights_from_counts
+    from ..models import create_model
+    from ..strategies import STRATEGY_REGISTRY, build_strategy
+
+    cfg, spec = start.cfg, data.spec
+    pretrained = STRATEGY_REGISTRY.get(cfg.strategy.name).pretrained
+    model = create_model(cfg.model.arch, cfg.model.encoder, num_classes=spec.num_classes,
+                         weights=cfg.model.weights if pretrained else "none")
+    for note in notes:
         _log.info(note)
-    dm = SegDataModule(spec, cfg.data, model.mean, model.std, seed=cfg.train.seed, skip=skip)
+    dm = SegDataModule(spec, cfg.data, model.mean, model.std, seed=cfg.train.seed, skip=data.skip)
     dm.setup()
     _log.info(
         f"data: {spec.name or cfg.data.root}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val images, "
         f"{spec.num_classes} classes, ignore_index {spec.ignore_index}"
     )
-    full_val_loader = dm.val_dataloader  # the final evaluation always scores the whole val set
-    if world > 1:
-        use_unrepeated_validation(dm, world)  # during fit: each val image on exactly one rank
+    if start.world > 1:
+        check_val_size(len(dm.val_pairs), start.world)
     fprint = fingerprint(spec, model, dm.train_pairs, cfg.data.batch_size)
-    if ckpt_path is not None:
-        at = check_resume(ckpt_path, fprint)  # refuses when classes / architecture / images changed
-        _log.info(f"resuming {run_dir} from {ckpt_path} (after step {at['step']})")
-
+    if start.ckpt_path is not None:
+        at = check_resume(start.ckpt_path, fprint)  # refuses when classes / architecture / images changed
+        _log.info(f"resuming {start.run_dir} from {start.ckpt_path} (after step {at['step']})")
     cw = None
     if cfg.loss.class_weights != "none":
         cw = class_weights_from_counts(dm.class_pixel_counts(), cfg.loss.class_weights)
         if cw is not None:
             _log.info("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(spec.classes, cw.tolist(), strict=True)))
     loss = build_loss(cfg.loss, spec.num_classes, spec.ignore_index, cw)
-    lr = cfg.optim.lr * lr_factor(cfg.optim.lr_scaling, world)
+    lr = cfg.optim.lr * lr_factor(cfg.optim.lr_scaling, start.world)
     strategy = build_strategy(model, cfg.strategy, lr)
     summary = _print_strategy(strategy, model)
-    from ..data.feature_cache import cache_decision
+    use_cache, cache_line = cache_decision(cfg, model, strategy, start.world)
+    if use_cache or strategy.encoder_frozen or cfg.data.augment == "flip":
+        _log.info(cache_line)  # said where the user could want it
+    module = SegTuneModule(model, strategy, loss, dataclasses.replace(cfg.optim, lr=lr),
+                           spec.num_classes, spec.ignore_index, spec.classes)
+    return _Parts(spec, model, dm, strategy, module, fprint, use_cache, summary)
 
-    use_feature_cache, cache_line = cache_decision(cfg, model, world, strategy)
-    if use_feature_cache or cfg.strategy.name == "head" or cfg.data.augment == "flip":
-        _log.info(cache_line)
-    optim_cfg = dataclasses.replace(cfg.optim, lr=lr)
-    module = SegTuneModule(model, strategy, loss, optim_cfg, spec.num_classes, spec.ignore_index, spec.classes)
 
-    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
-    history = HistoryCallback(run_dir)
+# ----------------------------------------------------------------------------- phase: trainer
+@dataclass
+class _Callbacks:
+    history: HistoryCallback
+    best: ModelCheckpoint
+    resume: ResumeCallback
+    interrupt: InterruptHandler
+
+
+def _build_trainer(start: _Start, parts: _Parts, extra: Sequence[L.Callback]) -> tuple[L.Trainer, _Callbacks]:
+    """The Lightning trainer with segtune's callbacks (strategy, history, checkpoints, resume,
+    early stopping, epoch lines, progress bar) followed by the caller's ``extra`` ones."""
+    cfg, run_dir = start.cfg, start.run_dir
     ckpt_dir = run_dir / "checkpoints"
-    best_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_top_k=1,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+    cbs = _Callbacks(
+        history=HistoryCallback(run_dir),
+        best=ModelCheckpoint(
+            dirpath=ckpt_dir, filename="best", monitor="val_miou", mode="max", save_top_k=1,
+            save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+        ),
+        resume=None,  # type: ignore[arg-type]
+        interrupt=InterruptHandler(),
     )
-    interrupt = InterruptHandler()
-    resume_cb = ResumeCallback(ckpt_dir / "last.ckpt", dm, cfg.train.checkpoint_every, fprint, interrupt)
-    callbacks: list[L.Callback] = [StrategyCallback(), history, best_cb, resume_cb, _EpochPrinter(cfg.train.epochs)]
+    cbs.resume = ResumeCallback(ckpt_dir / "last.ckpt", parts.dm, cfg.train.checkpoint_every, parts.fprint, cbs.interrupt)
+    callbacks: list[L.Callback] = [StrategyCallback(), cbs.history, cbs.best, cbs.resume, _EpochPrinter(cfg.train.epochs)]
     if cfg.train.early_stopping:
-        callbacks.append(EarlyStopping(monitor="val_miou", mode="max", patience=cfg.train.early_stopping, check_finite=False, strict=False))
+        callbacks.append(EarlyStopping(monitor="val_miou", mode="max", patience=cfg.train.early_stopping,
+                                       check_finite=False, strict=False))
     show_bar = cfg.train.progress and sys.stderr.isatty()
     if show_bar:
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=False))
+    callbacks.extend(extra)
+    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    parts.summary["precision"] = precision
+    sync_bn = [TimmSyncBatchNorm()] if cfg.train.sync_batchnorm and start.world > 1 else []
     trainer = L.Trainer(
         max_epochs=cfg.train.epochs,
         max_steps=cfg.train.max_steps or -1,
@@ -312,77 +408,90 @@ def _train(
         num_sanity_val_steps=0,
         enable_model_summary=False,
         enable_progress_bar=show_bar,
-        strategy=ddp_strategy(strategy.static) if world > 1 else "auto",
-        plugins=[AtomicCheckpointIO(), *([TimmSyncBatchNorm()] if cfg.train.sync_batchnorm and world > 1 else [])],
+        strategy=ddp_strategy(parts.strategy.static) if start.world > 1 else "auto",
+        plugins=[AtomicCheckpointIO(), *sync_bn],
         deterministic="warn" if cfg.train.deterministic else None,
         log_every_n_steps=1,
     )
     _log.info(f"training on {trainer.strategy.root_device}, precision {precision}, run folder {run_dir}")
-    feature_store = None
-    if use_feature_cache:
-        feature_store = _use_feature_cache(dm, model, cfg, run_dir, trainer.strategy.root_device)
-    if world > 1:
-        _log.info(ddp_summary(world, cfg.data.batch_size, cfg.optim.lr, cfg.optim.lr_scaling))
-        if strategy.static:
-            strategy.set_trainable(model, 0)  # frozen parameters must be frozen before DDP wraps the model
+    return trainer, cbs
+
+
+# ----------------------------------------------------------------------------- phase: fit
+def _fit(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks) -> None:
+    """Train (from cached encoder features when decided), turning interrupts into a saved
+    checkpoint and a one-line :class:`Interrupted` error."""
+    cfg, run_dir, model = start.cfg, start.run_dir, parts.model
+    if parts.feature_cache:
+        from ..data.feature_cache import FEATURE_CACHE_DIR
+
+        device = trainer.strategy.root_device
+        model.to(device)
+        # the same NHWC decision SegTuneModule.setup makes for one CPU process, so the cached
+        # features are computed exactly as the live encoder computes them in training
+        parts.dm.train_from_features(model, run_dir / FEATURE_CACHE_DIR,
+                                     channels_last=cpu_channels_last(model, device), progress=cfg.train.progress)
+    if start.world > 1:
+        _log.info(ddp_summary(start.world, cfg.data.batch_size, cfg.optim.lr, cfg.optim.lr_scaling))
+        if parts.strategy.static:
+            parts.strategy.set_trainable(model, 0)  # frozen parameters must be frozen before DDP wraps the model
         else:
             model.requires_grad_(True)  # gradual: all registered with DDP; unused (frozen) ones get no grad
+    resume_hint = f"continue with `segtune train --resume {run_dir}`"
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*number of training batches.*")
-        warnings.filterwarnings("ignore", message=".*deterministic.*")
-        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # val_miou: already summed over ranks
-        warnings.filterwarnings("ignore", message=".*ended before the epoch ended.*")  # resumable: ResumeCallback
-        resume_hint = f"continue with `segtune train --resume {run_dir}`"
+        for message in (
+            ".*does not have many workers.*", ".*number of training batches.*", ".*deterministic.*",
+            ".*sync_dist=True.*",  # val_miou: already summed over ranks
+            ".*ended before the epoch ended.*",  # resumable: ResumeCallback
+        ):
+            warnings.filterwarnings("ignore", message=message)
         try:
-            with interrupt:
+            with cbs.interrupt:
                 try:
-                    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+                    trainer.fit(parts.module, datamodule=parts.dm, ckpt_path=start.ckpt_path, weights_only=True)
                 finally:
-                    module.teardown("fit")  # idempotent; Lightning skips it when fit raises
-                    if feature_store is not None:  # RAM freed, <run>/feature_cache/ deleted
-                        dm.set_feature_dataset(None)
-                        feature_store.release()
+                    parts.module.teardown("fit")  # idempotent; Lightning skips it when fit raises
+                    parts.dm.train_from_images()  # RAM freed, <run>/feature_cache/ deleted
         except StopRequested:
             raise Interrupted(
-                f"{run_dir}: training stopped by {interrupt.signal_name or 'an interrupt'} at step "
-                f"{resume_cb.stopped_at}, checkpoint saved; {resume_hint}"
+                f"{run_dir}: training stopped by {cbs.interrupt.signal_name or 'an interrupt'} at step "
+                f"{cbs.resume.stopped_at}, checkpoint saved; {resume_hint}"
             ) from None
         except (KeyboardInterrupt, SystemExit):
-            if not interrupt.requested:
+            if not cbs.interrupt.requested:
                 raise
             raise Interrupted(
-                f"{run_dir}: training aborted by a second interrupt; {resume_hint} "
-                "(from the last checkpoint)"
+                f"{run_dir}: training aborted by a second interrupt; {resume_hint} (from the last checkpoint)"
             ) from None
     if trainer.interrupted:
-        raise RunError(f"training interrupted; continue with `segtune train --resume {run_dir}`")
-    dump_rank_state(trainer, module)  # test hook, off unless SEGTUNE_TEST_DUMP_RANK_WEIGHTS is set
-    if not trainer.is_global_zero:
-        return Run(dir=run_dir)
+        raise RunError(f"training interrupted; {resume_hint}")
 
-    best = Path(best_cb.best_model_path) if best_cb.best_model_path else None
-    if best and best.is_file():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-        if best_cb.best_model_score is not None:
-            _log.info(f"best epoch by val mIoU: {float(best_cb.best_model_score):.4f}")
-    model = module.model.cpu().eval()
 
+# ----------------------------------------------------------------------------- phase: finalize
+def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks, t_start: float) -> Run:
+    """Load the best checkpoint, score the whole val set, write the model, metrics, overlays
+    and history (rank 0)."""
     from .evaluate import evaluate_model, write_evaluation
 
-    metrics = evaluate_model(model, full_val_loader(), spec.num_classes, spec.ignore_index, spec.classes)
-    epochs_done = len(history.rows)
+    cfg, run_dir, spec, dm = start.cfg, start.run_dir, parts.spec, parts.dm
+    best = Path(cbs.best.best_model_path) if cbs.best.best_model_path else None
+    if best and best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        parts.module.load_state_dict(state)
+        if cbs.best.best_model_score is not None:
+            _log.info(f"best epoch by val mIoU: {float(cbs.best.best_model_score):.4f}")
+    model = parts.module.model.cpu().eval()
+    metrics = evaluate_model(model, dm.val_dataloader(whole=True), spec.num_classes, spec.ignore_index, spec.classes)
+    summary = parts.summary
     summary.update(
         strategy=cfg.strategy.name,
-        epochs=epochs_done,
+        epochs=len(cbs.history.rows),
         steps=int(trainer.global_step),
         seconds=round(time.perf_counter() - t_start, 1),
         train_images=len(dm.train_pairs),
         val_images=len(dm.val_pairs),
-        precision=precision,
-        processes=world,
-        feature_cache=use_feature_cache,
+        processes=start.world,
+        feature_cache=parts.feature_cache,
     )
     meta = {
         "classes": list(spec.classes),
@@ -397,46 +506,12 @@ def _train(
     save_model(run_dir, model, meta)
     write_evaluation(run_dir, metrics, summary=summary)
     _write_overlays(run_dir, model, meta, dm.val_pairs[: cfg.train.num_overlays], spec)
-    history.write()
+    cbs.history.write()
     _log.info(
-        f"done: val mIoU {metrics['miou']:.4f} after {epochs_done} epochs ({summary['steps']} steps), "
-        f"{summary['seconds']:.0f} s; "
-        f"results in {run_dir}"
+        f"done: val mIoU {metrics['miou']:.4f} after {summary['epochs']} epochs ({summary['steps']} steps), "
+        f"{summary['seconds']:.0f} s; results in {run_dir}"
     )
-    return Run(dir=run_dir, metrics=metrics, history=history.rows, summary=summary)
-
-
-def _use_feature_cache(dm: Any, model: torch.nn.Module, cfg: Config, run_dir: Path, device: torch.device) -> Any:
-    """Compute the frozen encoder's features of every training image (and mirror) and make the
-    data module serve them; returns the :class:`~segtune.data.feature_cache.FeatureStore`."""
-    from ..data.feature_cache import FEATURE_CACHE_DIR, CachedFeatureDataset, build_feature_cache
-    from ..inference.predictor import cpu_channels_last
-
-    model.to(device)
-    # the same NHWC decision SegTuneModule.setup makes for one CPU process, so the cached
-    # features are computed exactly as the live encoder would compute them in training
-    channels_last = cpu_channels_last(model, device)
-    size = dm.train_pad_size()
-    store = build_feature_cache(
-        model, dm.train_dataset, size, model.mean, model.std, hflip=cfg.data.hflip,
-        budget_bytes=float(cfg.data.cache_max_gb) * 2**30, disk_dir=run_dir / FEATURE_CACHE_DIR,
-        batch_size=int(cfg.data.batch_size), channels_last=channels_last, progress=cfg.train.progress,
-    )
-    dm.set_feature_dataset(CachedFeatureDataset(dm.train_dataset, store, size, 0.5 if cfg.data.hflip else 0.0))
-    dm.train_dataset.clear_cache()  # decoded training images are not needed any more
-    return store
-
-
-def _count_train_images(cfg: Config, spec: Any, report: Any, skip: set[Path]) -> int:
-    """Training images the run will see (before the datamodule exists): usable train pairs,
-    minus the val share when the data set has no val split, capped by data.max_train_images."""
-    pairs = [p for p in report.pairs.get("train", []) if p[0] not in skip]
-    n = len(pairs)
-    if "val" not in spec.splits:
-        n = max(1, n - max(1, round(n * cfg.data.val_fraction)))
-    if cfg.data.max_train_images:
-        n = min(n, cfg.data.max_train_images)
-    return n
+    return Run(dir=run_dir, metrics=metrics, history=cbs.history.rows, summary=summary)
 
 
 def _quiet_lightning() -> None:
@@ -473,5 +548,3 @@ def _load_run(run_dir: Path) -> Run:
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     return Run(dir=run_dir, metrics=metrics.get("metrics", metrics), summary=metrics.get("summary", {}))
 
-
-_ = (os, atomic_write_json)

@@ -1,5 +1,5 @@
-"""Prediction with trained runs."""
+"""Inference: a trained model segmenting images of any size (padding, tiling, batch folders)."""
 
-from .predictor import IMAGE_EXTENSIONS, Predictor, collect_images, predict, progress_iter
+from .predictor import Predictor, collect_images, predict
 
-__all__ = ["Predictor", "predict", "collect_images", "progress_iter", "IMAGE_EXTENSIONS"]
+__all__ = ["Predictor", "predict", "collect_images"]

@@ -3,61 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import _log
+from .._progress import progress_iter
+from .._tensor import cpu_channels_last
+from ..data.pairing import IMAGE_EXTS
 from ..errors import DataError
+from ..models.modelfile import load_model
 
-__all__ = ["Predictor", "predict", "progress_iter", "parse_shard", "shard_files", "IMAGE_EXTENSIONS"]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-T = TypeVar("T")
-
-
-def progress_iter(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a rich progress bar when stderr is a terminal, plainly otherwise."""
-    if not sys.stderr.isatty():
-        yield from items
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
-
-
-def cpu_channels_last(model: torch.nn.Module, device: str | torch.device) -> bool:
-    """Put ``model``'s 4-D weights in channels-last layout when it runs on the CPU; True if done.
-
-    oneDNN's CPU convolutions are ~20-30% faster in NHWC than in NCHW for segtune's networks
-    (forward and backward; ``benchmarks/overhead.py``, ``benchmarks/throughput.py``). The
-    parameters stay the same objects (only their strides change), so optimisers, state dicts
-    and checkpoints are unaffected; results differ from NCHW only by float rounding. GPUs are
-    left alone.
-    """
-    if torch.device(device).type != "cpu":
-        return False
-    model.to(memory_format=torch.channels_last)
-    return True
-
+__all__ = ["Predictor", "predict", "parse_shard", "shard_files", "collect_images"]
 
 class Predictor:
     """A trained model ready to segment images of any size.
@@ -105,8 +66,6 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, **kwargs: Any) -> Predictor:
         """Load the model of a run folder (safetensors + model.yaml, hash-checked)."""
-        from ..engine.run import load_model
-
         model, meta = load_model(run_dir)
         return cls(model, meta, device=device, **kwargs)
 
@@ -302,8 +261,7 @@ class Predictor:
                 )
         written = []
         skipped = 0
-        it = progress_iter(files, "predicting", total=len(files)) if progress else files
-        for f in it:
+        for f in progress_iter(files, "predicting", show=None if progress else False):
             mask_path = out_dir / f"{f.stem}.png"
             if skip_existing and mask_path.exists():
                 skipped += 1
@@ -390,10 +348,10 @@ def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             found = sorted(
                 q for q in p.rglob("*")
-                if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and not q.name.startswith(".")
+                if q.is_file() and q.suffix.lower() in IMAGE_EXTS and not q.name.startswith(".")
             )
             if not found:
-                raise DataError(f"{p}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+                raise DataError(f"{p}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
             files.extend(found)
         elif p.is_file():
             files.append(p)

@@ -310,7 +310,7 @@ def load_weights(
         return _load_run_folder(model, path)
     if path.is_file():
         return _load_file(model, path)
-    from ._registry import did_you_mean
+    from .._registry import did_you_mean
 
     raise WeightsError(
         f"{path}: weights file or run folder not found{did_you_mean(w, ['imagenet', 'none'])} "

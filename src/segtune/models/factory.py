@@ -45,9 +45,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .._registry import Registry, did_you_mean
 from ..errors import ConfigError
 from ._loading import load_weights
-from ._registry import Registry, did_you_mean
 
 __all__ = [
     "SegModel",

@@ -41,7 +41,6 @@ __all__ = [
     "remap_efficientnet_lite",
     "load_state_file",
     "list_encoders",
-    "list_architectures",
 ]
 
 #: timm encoder names with offline ImageNet weights -> EfficientNet-Lite variant number.
@@ -76,13 +75,6 @@ def list_encoders() -> list[str]:
     Any other timm model name works as an encoder with ``weights="none"`` or a weights file.
     """
     return list(BUNDLED_ENCODERS)
-
-
-def list_architectures() -> list[str]:
-    """Names accepted by ``create_model(arch=...)`` (see :mod:`segtune.models.factory`)."""
-    from .factory import ARCHITECTURES
-
-    return ARCHITECTURES.names()
 
 
 def _timm_block_layout(variant: int) -> tuple[list[int], dict[str, torch.Size]]:

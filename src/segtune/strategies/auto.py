@@ -9,10 +9,15 @@ name other than ``auto``, ``optim.lr``, ``train.epochs``) is never replaced.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..config import Config
+if TYPE_CHECKING:
+    from ..config import Config
 
-__all__ = ["AutoChoice", "AUTO_TABLE", "choose_defaults", "default_epochs", "resolve_auto", "steps_per_epoch"]
+#: ``strategy.name`` value that asks for the measured choice (not a registered strategy).
+AUTO = "auto"
+
+__all__ = ["AUTO", "AutoChoice", "AUTO_TABLE", "choose_defaults", "default_epochs", "resolve_auto", "steps_per_epoch"]
 
 
 @dataclass(frozen=True)
@@ -94,15 +99,19 @@ def resolve_auto(cfg: Config, num_train_images: int) -> list[str]:
     """
     row = choose_defaults(num_train_images)
     notes: list[str] = []
-    if cfg.strategy.name == "auto":
+    if cfg.strategy.name == AUTO:
         cfg.strategy.name = row.strategy
         notes.append(
             f"strategy auto -> {row.strategy} for {num_train_images} training images: {row.why}"
         )
     if cfg.optim.lr is None:
-        same = cfg.strategy.name == row.strategy
-        cfg.optim.lr = row.lr if same else _DEFAULT_LR.get(cfg.strategy.name, 1e-3)
-        notes.append(f"optim.lr -> {cfg.optim.lr:g} (measured default for {cfg.strategy.name}; set --lr to change)")
+        from .builtin import STRATEGY_REGISTRY
+
+        if cfg.strategy.name == row.strategy:
+            cfg.optim.lr, why = row.lr, "measured default"
+        else:
+            cfg.optim.lr, why = STRATEGY_REGISTRY.get(cfg.strategy.name).default_lr, "default"
+        notes.append(f"optim.lr -> {cfg.optim.lr:g} ({why} for {cfg.strategy.name}; set --lr to change)")
     if cfg.train.epochs is None:
         cfg.train.epochs = row.epochs or default_epochs(num_train_images, cfg.data.batch_size)
         steps = cfg.train.epochs * steps_per_epoch(num_train_images, cfg.data.batch_size)
@@ -112,16 +121,3 @@ def resolve_auto(cfg: Config, num_train_images: int) -> list[str]:
             f"after {cfg.train.early_stopping} validations without gain; set --epochs to change)"
         )
     return notes
-
-
-# head-only training tolerates (and needs) a larger LR than updating the pretrained encoder: for
-# head, 3e-3 beat 1e-3 by 3-4 and 1e-2 by 2-3 mIoU points on CamVid (23 and 367 images, 200 steps;
-# benchmarks/RESULTS.md); the others keep 1e-3, the bare loops' one-cycle peak
-_DEFAULT_LR = {
-    "head": 3e-3,
-    "partial": 1e-3,
-    "full": 1e-3,
-    "discriminative": 1e-3,
-    "gradual": 1e-3,
-    "scratch": 1e-3,
-}

@@ -107,16 +107,22 @@ class Strategy:
         cfg: the ``strategy`` config section.
         lr: learning rate of the decoder/head (``optim.lr``).
 
+    What the rest of segtune needs to know about a strategy it asks the object, never the name:
+
     Attributes:
         name: strategy name (``strategy.name``).
         pretrained: whether the model should start from pretrained weights (False for scratch).
         static: True when the trainable pattern never changes during a run (all but gradual).
+        default_lr: head/decoder learning rate used when ``optim.lr`` is not set (AdamW).
         num_stages: number of encoder stages S.
+        encoder_frozen: (property) no encoder stage trains in any epoch, so the encoder is a
+            fixed function (its features can be cached).
     """
 
     name: ClassVar[str] = "base"
     pretrained: ClassVar[bool] = True
     static: ClassVar[bool] = True
+    default_lr: ClassVar[float] = 1e-3
 
     def __init__(self, model: SegModel, cfg: StrategyConfig, lr: float) -> None:
         if not lr > 0:
@@ -126,6 +132,11 @@ class Strategy:
         self.lr = float(lr)
         self.num_stages = len(model.encoder_stages())
         self.validate()
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """True when no encoder stage trains in any epoch of the run."""
+        return self.static and not self.trainable_stages(0)
 
     # ----------------------------------------------------------- policy hooks
     def validate(self) -> None:

@@ -18,8 +18,8 @@ scratch          all (the model starts from random weights)      lr
 
 from __future__ import annotations
 
+from .._registry import Registry
 from ..errors import ConfigError
-from ..models._registry import Registry
 from .base import Strategy, _fmt_lr
 
 __all__ = [
@@ -66,6 +66,9 @@ class HeadStrategy(Strategy):
     """Only the decoder/head trains; the whole encoder is frozen (BatchNorm in eval mode)."""
 
     name = "head"
+    # head-only training tolerates (and needs) a larger LR than updating the pretrained encoder
+    # (benchmarks/RESULTS.md, "How segtune's defaults were chosen")
+    default_lr = 3e-3
 
     def trainable_stages(self, epoch: int) -> list[int]:
         return []

@@ -1,7 +1,7 @@
 """A small name -> builder registry with decorator registration and "did you mean" errors.
 
-Used for architectures (:mod:`segtune.models.factory`) and strategies
-(:mod:`segtune.strategies`). Unknown names raise :class:`~segtune.errors.ConfigError`
+Used for architectures (:mod:`segtune.models.factory`), strategies (:mod:`segtune.strategies`)
+and losses (:mod:`segtune.losses`). Unknown names raise :class:`~segtune.errors.ConfigError`
 with the closest registered name and the full list.
 """
 
@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["Registry", "did_you_mean"]
 
