@@ -74,3 +74,47 @@ def write_section(body: str, start: str, end: str, path: Path = RESULTS) -> None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def load_avg() -> float:
+    """The 1-minute load average (NaN where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def load_sentence(load: list[float] | None, cores: int | None = None) -> str:
+    """What the machine's load was during a run, from the recorded ``[start, end]`` load averages."""
+    if not load:
+        return "Load average not recorded."
+    cores = cores or os.cpu_count() or 1
+    busy = max(load) > 0.5
+    return (f"1-min load average {load[0]:.1f} at the start and {load[-1]:.1f} at the end on {cores} cores"
+            + (" (other jobs were running: absolute speeds are low and noisy, ratios of contenders alternated in "
+               "the same run are the comparable numbers)." if busy else "."))
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """``python benchmarks/<script> ARGS`` as this process was invoked."""
+    args = argv if argv is not None else sys.argv[1:]
+    return f"python benchmarks/{script}" + ("" if not args else " " + " ".join(args))
+
+
+def save_json(path: Path, doc: object) -> None:
+    """Write ``doc`` as indented JSON, atomically (temp file + rename)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def rel(path: Path) -> str:
+    """``path`` relative to the repository when inside it (for the RESULTS.md text)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)

@@ -30,7 +30,8 @@ and inputs as segtune trains on a CPU.
 
     python benchmarks/feature_cache.py --quick            # ~8 minutes on 2 shared cores
     python benchmarks/feature_cache.py                    # ~30 minutes
-    python benchmarks/feature_cache.py --write-results    # also write its RESULTS.md section
+    python benchmarks/feature_cache.py --write-results    # also benchmarks/feature_cache.json + its RESULTS.md section
+    python benchmarks/feature_cache.py --from-json benchmarks/feature_cache.json   # the section from the JSON alone
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -116,7 +118,11 @@ def encoder_share(arch: str, batch: int, rounds: int, size: tuple[int, int] = (3
         cstep.append(from_cache())
     e, s, c = _common.median(enc), _common.median(step), _common.median(cstep)
     share = e / s
+    enc_ids = {id(q) for q in model.encoder.parameters()}
+    enc_params = sum(q.numel() for q in model.parameters() if id(q) in enc_ids)
+    head_params = sum(q.numel() for q in model.parameters() if id(q) not in enc_ids)
     return {"arch": arch, "encoder_s": e, "live_step_s": s, "cached_step_s": c, "share": share,
+            "encoder_params": enc_params, "decoder_head_params": head_params,
             "bound": 1.0 / (1.0 - share), "speedup": s / c,
             "stored_levels": [k for k, u in enumerate(used) if u], "levels": len(used)}
 
@@ -192,19 +198,25 @@ def _add_long_run(res: dict[str, Any], epochs: int = 60) -> None:
         e["long_saving"] = (off - (epochs * e["on_epoch_s"] + e["build_s"])) / off
 
 
-def _section(res: dict[str, Any], command: str, machine: str) -> str:
+JSON_DEFAULT = HERE / "feature_cache.json"
+
+
+def _section(res: dict[str, Any], command: str, machine: str, json_path: Path | None = None) -> str:
+    """The RESULTS.md section; every number in it comes from ``res`` (the JSON)."""
     s = res["share"]
     e = res["epochs"]
+    src = f"; raw results `{_common.rel(json_path)}`" if json_path else ""
     lines = [
         "## Frozen-encoder feature cache",
         "",
-        f"`{command}` ({res.get('date') or datetime.date.today().isoformat()}, {res['seconds'] / 60:.0f} min). "
-        f"Machine: {machine}. Encoder tf_efficientnet_lite0 (ImageNet), 11 classes, head "
-        "strategy, AdamW + ce+dice + grad clipping, NHWC on the CPU.",
+        f"`{command}` ({res.get('date') or datetime.date.today().isoformat()}, {res['seconds'] / 60:.0f} min{src}). "
+        f"Machine: {machine}. " + _common.load_sentence(res.get("load"))
+        + " Encoder tf_efficientnet_lite0 (ImageNet), 11 classes, head strategy, AdamW + ce+dice + grad "
+        "clipping, NHWC on the CPU.",
         "",
         f"**Share of a head-strategy training step spent in the encoder** (batch {res['batch']}, "
-        "480x384 = CamVid padded, median of alternating live / cached steps). The cache removes "
-        "the encoder forward, so a step can get at most 1 / (1 - share) times faster:",
+        f"480x384 = CamVid padded, median of {res.get('profile', {}).get('rounds', '?')} alternating live / cached "
+        "steps). The cache removes the encoder forward, so a step can get at most 1 / (1 - share) times faster:",
         "",
         "| arch | encoder fwd (s) | live step (s) | encoder share | bound 1/(1-share) | cached step (s) | step speed-up | of the bound's gain |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -233,25 +245,33 @@ def _section(res: dict[str, Any], command: str, machine: str) -> str:
         "",
         f"Epoch-time speed-up **{e['speedup']:.2f}x** against the Unet bound of "
         f"{e['bound']:.2f}x from the step measurement ({e['of_bound']:.0%} of the possible gain); "
-        f"the build (one encoder pass per image and flip) is paid back after "
-        f"{e['break_even_epochs']:.1f} epoch(s). Val mIoU ({e['val']} CamVid val images, validated "
-        f"after the last epoch) with / without the cache differs by {e['miou_diff']:+.4f}: "
-        "both runs see the same images in the same order with the same flips, so the only "
-        "difference is the float16 rounding of the decoder's inputs.",
+        f"the build (one encoder pass per image and flip) "
+        + (f"is paid back after {e['break_even_epochs']:.1f} epoch(s)." if math.isfinite(e["break_even_epochs"])
+           else "is never paid back here (cached epochs were not faster).")
+        + f" Val mIoU ({e['val']} CamVid val images, validated after the last epoch) with / without the cache "
+        f"differs by {e['miou_diff']:+.4f}: both runs see the same images in the same order with the same "
+        "flips, so the only difference is the float16 rounding of the decoder's inputs.",
         "",
-        "Reading it: with a light encoder (EfficientNet-Lite0, 3.0 M parameters) and the heavy "
-        "Unet decoder (2.2 M parameters at full resolution), most of a head-strategy step is the "
-        "decoder's forward and backward, so the cache's saving is bounded by the encoder's small "
-        "share, and the measured speed-up reaches that bound. FPN's decoder is lighter, and "
-        "DeepLabV3+ both has a light decoder and runs the encoder dilated (output stride 16, so "
-        "its last stages cost more), so their shares and gains are larger. The build costs about "
-        "two epochs' worth of encoder passes (both flips of every image, once); over "
-        f"{e['long_epochs']} epochs (an example run length; segtune's default aims at about 1000 "
-        f"steps, e.g. 125 epochs for 64 images at batch 8) the cache saves {e['long_saving']:.0%} of the training time, build included. "
-        "Timings are from 2 CPU cores shared with other jobs (1 intra-op thread), so single "
-        "numbers move by 10-20% (hence a step speed-up slightly above its bound); the alternating "
-        "order and medians keep the comparison fair.",
     ]
+    reading = []
+    unet = next((r for r in s if r["arch"] == "unet"), None)
+    if unet and "encoder_params" in unet:
+        reading.append(
+            f"the Unet's encoder has {unet['encoder_params'] / 1e6:.1f} M parameters and its decoder + head "
+            f"{unet['decoder_head_params'] / 1e6:.1f} M (running at full resolution), and the encoder took "
+            f"{unet['share']:.0%} of a Unet step, which bounds the cache's saving")
+    by_share = sorted(s, key=lambda r: r["share"])
+    if len(by_share) > 1:
+        reading.append("encoder shares from smallest to largest: "
+                       + ", ".join(f"{r['arch']} {r['share']:.0%}" for r in by_share))
+    over = [r["arch"] for r in s if r["speedup"] > r["bound"]]
+    if over:
+        reading.append(f"a measured step speed-up above its bound ({', '.join(over)}) is timing noise on shared cores")
+    build_epochs = e["build_s"] / e["off_epoch_s"] if e["off_epoch_s"] else float("nan")
+    reading.append(f"the build cost {build_epochs:.1f} uncached epoch(s) of time; over {e['long_epochs']} epochs "
+                   f"(an example run length) the cache would save {e['long_saving']:.0%} of the training time, "
+                   "build included, at these epoch times")
+    lines.append("Reading it (computed from the rows above): " + "; ".join(reading) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -268,15 +288,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip-runs", action="store_true", help="only the step measurement")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--workdir", type=Path, help="where the runs go (default: a temp folder, deleted)")
-    ap.add_argument("--write-results", action="store_true", help="write the section of benchmarks/RESULTS.md")
-    ap.add_argument("--json", type=Path, help="also write the results as JSON")
+    ap.add_argument("--write-results", action="store_true",
+                    help="write the raw results JSON (--json, default benchmarks/feature_cache.json) and the "
+                         "RESULTS.md section generated from it")
+    ap.add_argument("--json", type=Path, help="write the results as JSON here")
     ap.add_argument("--from-json", type=Path, metavar="FILE",
                     help="measure nothing: rewrite the RESULTS.md section from a --json file of an earlier run")
     a = ap.parse_args(argv)
     if a.from_json:
         res = json.loads(a.from_json.read_text())
         _add_long_run(res)
-        _common.write_section(_section(res, res["command"], res["machine"]), MARK_START, MARK_END)
+        _common.write_section(_section(res, res["command"], res["machine"], a.from_json), MARK_START, MARK_END)
         return res
 
     import torch
@@ -295,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     machine = _common.machine(a.threads)
     print(machine, flush=True)
-    res: dict[str, Any] = {"batch": p["batch"], "share": []}
+    res: dict[str, Any] = {"batch": p["batch"], "share": [], "load": [_common.load_avg()]}
     for arch in a.archs:
         r = encoder_share(arch, p["batch"], p["rounds"])
         res["share"].append(r)
@@ -335,17 +357,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         e = res["epochs"]
         print(f"epoch {e['off_epoch_s']:.1f} s -> {e['on_epoch_s']:.1f} s with the cache = {speed:.2f}x "
               f"(bound {bound:.2f}x); build {build_s:.1f} s; val mIoU {e['on_miou']:.4f} vs {e['off_miou']:.4f}", flush=True)
-    command = "python benchmarks/feature_cache.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = _common.command_line("feature_cache.py", argv)
     res.update(machine=machine, threads=a.threads, seconds=time.perf_counter() - t0, profile=p,
                command=command, date=datetime.date.today().isoformat())
+    res["load"].append(_common.load_avg())
     _add_long_run(res)
     print(f"total {res['seconds']:.0f} s", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=2))
+    if a.write_results and "epochs" not in res:
+        raise SystemExit("--write-results needs the epoch runs (drop --skip-runs)")
+    json_path = a.json or (JSON_DEFAULT if a.write_results else None)
+    if json_path:
+        _common.save_json(json_path, res)
     if a.write_results:
-        if "epochs" not in res:
-            raise SystemExit("--write-results needs the epoch runs (drop --skip-runs)")
-        _common.write_section(_section(res, command, machine), MARK_START, MARK_END)
+        _common.write_section(_section(json.loads(Path(json_path).read_text()), command, machine, json_path),
+                              MARK_START, MARK_END)
     return res
 
 

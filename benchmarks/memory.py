@@ -15,7 +15,12 @@ It prints a table and the least-squares rule ``training RSS ~ A + B x batch x cr
 
     python benchmarks/memory.py --quick            # ~1-2 minutes on 2 CPU cores
     python benchmarks/memory.py                    # full grid, ~10 minutes
-    python benchmarks/memory.py --quick --record   # also append the table to RESULTS.md
+    python benchmarks/memory.py --quick --record   # also benchmarks/memory.json + its RESULTS.md section
+    python benchmarks/memory.py --from-json benchmarks/memory.json   # the section from the JSON alone
+
+``benchmarks/memory.json`` keeps the latest result of each profile (``quick``, ``full``) with its
+command, machine and date; the RESULTS.md section (between ``<!-- memory:start -->`` and
+``<!-- memory:end -->``) is generated from it, one part per profile present.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # _common, also when loaded from the tests
+import _common  # noqa: E402
 from _common import machine, rss_mb  # noqa: E402
+
+JSON_DEFAULT = HERE / "memory.json"
+MARK_START, MARK_END = "<!-- memory:start -->", "<!-- memory:end -->"
 
 QUICK = {
     "train": [(256, 2), (256, 4), (384, 2), (384, 4)],
@@ -121,12 +130,17 @@ def _fit(rows: list[dict]) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small grid (about a minute or two)")
-    ap.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--record", "--write-results", action="store_true",
+                    help="store the result in the JSON (--json, default benchmarks/memory.json) and write the "
+                         "RESULTS.md section generated from it")
+    ap.add_argument("--json", type=Path, help="JSON file holding the latest result of each profile")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="measure nothing: rewrite the RESULTS.md section from the JSON")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.child:
         kind, *rest = a.child
         if kind == "train":
@@ -134,10 +148,15 @@ def main() -> None:
         else:
             res = _child_predict(int(rest[0]), int(rest[1]))
         print(json.dumps(res))
-        return
+        return res
+    if a.from_json:
+        doc = json.loads(a.from_json.read_text())
+        _common.write_section(section(doc, a.from_json), MARK_START, MARK_END)
+        return doc
 
     grid = QUICK if a.quick else FULL
     t_all = time.perf_counter()
+    load0 = _common.load_avg()
     sys.path.insert(0, str(HERE.parent / "src"))
     from segtune.data.synthetic import make_synthetic_dataset
 
@@ -158,49 +177,87 @@ def main() -> None:
         pred_rows.append(r)
         tiled = " (tiled)" if r["tiled"] else ""
         print(f"{'':<8} {size:>5}x{size:<5} {r['base_mb']:>8.0f} {r['peak_mb']:>8.0f} {r['seconds']:>6.1f}{tiled}", flush=True)
-    rule = f"training peak RSS ~ {a_mb:.0f} MB + {b_mb:.0f} MB x batch x crop^2 / 1e6"
     worst = max(abs(r["peak_mb"] - (a_mb + b_mb * r["batch"] * r["crop"] ** 2 / 1e6)) for r in train_rows)
-    print(f"{rule}  (largest misfit {worst:.0f} MB)")
+    print(f"training peak RSS ~ {a_mb:.0f} MB + {b_mb:.0f} MB x batch x crop^2 / 1e6  (largest misfit {worst:.0f} MB)")
     total = time.perf_counter() - t_all
     print(f"total {total:.0f} s")
-    if a.record:
-        _record(a.quick, train_rows, pred_rows, rule, worst, total)
+    res = {"profile": "quick" if a.quick else "full", "command": _common.command_line("memory.py", argv),
+           "machine": machine(1), "date": time.strftime("%Y-%m-%d"), "seconds": total,
+           "load": [load0, _common.load_avg()], "steps": STEPS, "train": train_rows, "predict": pred_rows,
+           "fit": {"a_mb": a_mb, "b_mb_per_mpx": b_mb, "worst_mb": worst}}
+    json_path = a.json or (JSON_DEFAULT if a.record else None)
+    if json_path:
+        doc = json.loads(Path(json_path).read_text()) if Path(json_path).is_file() else {}
+        doc[res["profile"]] = res
+        _common.save_json(json_path, doc)
+        if a.record:
+            _common.write_section(section(json.loads(Path(json_path).read_text()), json_path), MARK_START, MARK_END)
+            print(f"updated {json_path} and the memory section of {_common.RESULTS}")
+    return res
 
 
-def _record(quick: bool, train_rows: list[dict], pred_rows: list[dict], rule: str, worst: float, total: float) -> None:
+def _profile_part(res: dict) -> list[str]:
+    """Tables and computed reading of one profile's result."""
+    import statistics
+
+    f = res["fit"]
     lines = [
+        f"`{res['command']}` ({res['seconds']:.0f} s; {res['machine']}; {res['date']}). "
+        + _common.load_sentence(res.get("load")),
         "",
-        "## Memory",
-        "",
-        f"`python benchmarks/memory.py{' --quick' if quick else ''} --record` ({total:.0f} s; {machine(1, shared=False)}; "
-        f"{time.strftime('%Y-%m-%d')}). Peak RSS (VmHWM) of a fresh process per row; *base* is the RSS "
-        "with the libraries imported and a model built.",
-        "",
-        f"Training: `segtune.train`, Unet + EfficientNet-Lite0, `full`, AdamW, ce+dice, {STEPS} steps on "
-        "512x512 images, validation and final evaluation included.",
+        f"Training: `segtune.train`, Unet + EfficientNet-Lite0, `full`, AdamW, ce+dice, {res['steps']} steps on "
+        "512x512 generated images, validation and final evaluation included.",
         "",
         "| crop | batch | batch x crop^2 (Mpx) | base MB | peak MB | s |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in train_rows:
+    for r in res["train"]:
         mpx = r["batch"] * r["crop"] ** 2 / 1e6
         lines.append(f"| {r['crop']} | {r['batch']} | {mpx:.2f} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
     lines += [
         "",
-        f"Fit: {rule} (largest misfit {worst:.0f} MB).",
+        f"Fit: training peak RSS ~ {f['a_mb']:.0f} MB + {f['b_mb_per_mpx']:.0f} MB x batch x crop^2 / 1e6 "
+        f"(least squares over the {len(res['train'])} rows; largest misfit {f['worst_mb']:.0f} MB).",
         "",
-        f"Prediction: `Predictor.predict_paths` on one PNG, {PREDICT_CLASSES} classes, tiles of 1024 "
-        "above 2048x2048 pixels.",
+        f"Prediction: `Predictor.predict_paths` on one PNG, {PREDICT_CLASSES} classes, tiled above 2048x2048 pixels.",
         "",
         "| image | tiled | base MB | peak MB | s |",
         "|---|---|---:|---:|---:|",
     ]
-    for r in pred_rows:
-        lines.append(f"| {r['size']}x{r['size']} | {'yes' if r['tiled'] else 'no'} | {r['base_mb']:.0f} | {r['peak_mb']:.0f} | {r['seconds']:.1f} |")
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    path.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
-    print(f"appended to {path}")
+    for r in res["predict"]:
+        lines.append(f"| {r['size']}x{r['size']} | {'yes' if r['tiled'] else 'no'} | {r['base_mb']:.0f} | "
+                     f"{r['peak_mb']:.0f} | {r['seconds']:.1f} |")
+    base = statistics.median(r["base_mb"] for r in res["train"])
+    untiled = [r for r in res["predict"] if not r["tiled"]]
+    tiled = [r for r in res["predict"] if r["tiled"]]
+    per_mpx = [(r["peak_mb"] - r["base_mb"]) / (r["size"] ** 2 / 1e6) for r in untiled]
+    reading = [f"the process with the libraries imported and a model built holds {base:.0f} MB (median base)",
+               f"training adds {f['a_mb'] - base:.0f} MB fixed (fit intercept minus base: model, optimiser state, "
+               f"Lightning, data) plus {f['b_mb_per_mpx']:.0f} MB per megapixel of batch x crop^2 (activations "
+               "kept for the backward pass); a real data set's decoded-image RAM cache (`data.cache_max_gb`) "
+               "comes on top"]
+    if per_mpx:
+        big = max(untiled, key=lambda r: r["size"])
+        reading.append(f"untiled prediction costs {min(per_mpx):.0f}-{max(per_mpx):.0f} MB per megapixel above its "
+                       f"base ({big['size']}^2: +{big['peak_mb'] - big['base_mb']:.0f} MB, peak {big['peak_mb']:.0f} MB)")
+        for t in tiled:
+            cmp = "less" if t["peak_mb"] < big["peak_mb"] else "more"
+            reading.append(f"the tiled {t['size']}^2 image ({t['size'] ** 2 / 1e6:.1f} Mpx) peaked at "
+                           f"{t['peak_mb']:.0f} MB, {cmp} than the untiled {big['size']}^2")
+    lines += ["", "Reading it: " + "; ".join(reading) + "."]
+    return lines
+
+
+def section(doc: dict, json_path: Path | None = None) -> str:
+    """The RESULTS.md section from the JSON (one part per profile present; full first)."""
+    src = f" Raw results: `{_common.rel(json_path)}`." if json_path else ""
+    lines = ["## Memory", "",
+             "Peak RSS (VmHWM) of a fresh process per row; *base* is the RSS with the libraries imported and a "
+             "model built." + src, ""]
+    for name in ("full", "quick"):
+        if name in doc:
+            lines += [f"**{'Full grid' if name == 'full' else 'Quick grid'}.**", "", *_profile_part(doc[name]), ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 if __name__ == "__main__":

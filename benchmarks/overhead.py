@@ -42,7 +42,8 @@ spin-wait and steps become 5-50x slower and erratic; set ``--threads 2`` on an i
 
     python benchmarks/overhead.py --quick                  # ~1-2 minutes
     python benchmarks/overhead.py                          # ~10 minutes
-    python benchmarks/overhead.py --write-results          # also write its RESULTS.md section
+    python benchmarks/overhead.py --write-results          # also benchmarks/overhead.json + its RESULTS.md section
+    python benchmarks/overhead.py --from-json benchmarks/overhead.json   # the section from the JSON alone
 """
 
 from __future__ import annotations
@@ -293,7 +294,10 @@ def _data_run(data: Path, workers: int, batch: int, crop: int, steps: int, warm:
 
     from segtune.config import DataConfig
     from segtune.data import SegDataModule, load_dataset_spec
-    from segtune.inference.predictor import cpu_channels_last
+    try:
+        from segtune._tensor import cpu_channels_last
+    except ImportError:  # before the helpers moved to segtune._tensor
+        from segtune.inference.predictor import cpu_channels_last
 
     spec = load_dataset_spec(data)
     # the heavier augmentation (random rescale + colour jitter on top of segtune's default crop +
@@ -350,7 +354,8 @@ def bench_data(batch: int, crop: int, steps: int, workers: tuple[int, ...], log:
         log(f"    {w:>7} {'warm' if warm else 'cold':>5} {r['wait_per_step_s']:>11.3f} {r['step_s']:>7.2f} "
             f"{100 * r['wait_frac']:>6.1f}% {r['first_wait_s']:>10.2f}")
     shutil.rmtree(workdir, ignore_errors=True)
-    return {"data": label, "batch": batch, "crop": crop, "steps": steps, "rows": rows}
+    return {"data": label, "batch": batch, "crop": crop, "steps": steps, "rows": rows,
+            "augmentation": "rescale 0.5-2 + crop + flip + colour jitter 0.2"}
 
 
 # ----------------------------------------------------------------------------- (c) RSS
@@ -407,22 +412,31 @@ def bench_rss(steps: int, crop: int, batch: int, max_images: int | None, threads
 
 
 # ----------------------------------------------------------------------------- main
-def _section(res: dict[str, Any], command: str, threads: int, total: float) -> str:
+JSON_DEFAULT = HERE / "overhead.json"
+
+
+def _section(res: dict[str, Any], json_path: Path | None = None) -> str:
+    """The RESULTS.md section; every number in it comes from ``res`` (the JSON)."""
+    src = f"; raw results `{_common.rel(json_path)}`" if json_path else ""
     lines = [
         "## Training overhead and data pipeline",
         "",
-        f"`{command}` ({total:.0f} s; {machine(threads)}; {time.strftime('%Y-%m-%d')}). "
-        "The two cores were shared with another long benchmark, so absolute speeds are low and noisy; "
-        "ratios come from alternating the contenders in the same run (medians over rounds).",
+        f"`{res['command']}` ({res['seconds']:.0f} s; {res['machine']}; {res.get('date', '?')}{src}). "
+        + _common.load_sentence(res.get("load")),
         "",
     ]
     lp = res.get("loop")
     if lp:
+        nhwc_gain = _common.median([r["bare_nhwc_ips"] / r["bare_ips"] for r in lp["rounds"]])
+
+        def rel_word(x: float) -> str:
+            return "faster than" if x > 1.02 else ("slower than" if x < 0.98 else "as fast as (within 2%)")
+
         lines += [
             f"**Loop overhead** (Unet + EfficientNet-Lite0, 11 classes, batch {lp['batch']}, crop {lp['crop']}, "
             f"AdamW, ce+dice, grad clip 1.0, cosine LR per step; {lp['steps']} in-memory batches per contender "
-            "per round; segtune = SegTuneModule in the Trainer engine/train.py builds, with its callbacks, "
-            "epoch-end `last.ckpt` save included, no validation):",
+            f"per round, {len(lp['rounds'])} rounds, order rotating; segtune = SegTuneModule in the Trainer "
+            "engine/train.py builds, with its callbacks, epoch-end `last.ckpt` save included, no validation):",
             "",
             "| round | bare loop img/s | bare loop NHWC img/s | segtune img/s | segtune / bare | segtune / bare NHWC | segtune fit set-up s |",
             "|---:|---:|---:|---:|---:|---:|---:|",
@@ -434,19 +448,25 @@ def _section(res: dict[str, Any], command: str, threads: int, total: float) -> s
             f"| **median** | {lp['bare_ips']:.3f} | {lp['bare_nhwc_ips']:.3f} | {lp['segtune_ips']:.3f} | "
             f"**{lp['ratio']:.3f}** | **{lp['ratio_nhwc']:.3f}** | {lp['setup_s']:.2f} |",
             "",
-            "*bare* is the plain PyTorch loop (NCHW tensors, as written by hand); *bare NHWC* the same loop "
-            "with weights and inputs in channels-last layout, which segtune uses on a CPU: segtune / bare "
-            "is what a user sees, segtune / bare NHWC is the cost of the Lightning loop, callbacks and "
-            "checkpoint alone. Set-up (Trainer construction, `fit` start and end) is paid once per run.",
+            f"Both sides named: segtune trained at **{lp['ratio']:.2f}x** the speed of the plain bare loop "
+            f"(NCHW tensors, as written by hand: segtune {rel_word(lp['ratio'])} it) and at "
+            f"**{lp['ratio_nhwc']:.2f}x** the speed of the same bare loop with weights and inputs in "
+            f"channels-last (NHWC) layout, which segtune uses on a CPU (segtune {rel_word(lp['ratio_nhwc'])} it); "
+            f"the NHWC bare loop itself ran at {nhwc_gain:.2f}x the NCHW one (medians of per-round ratios). "
+            "So segtune / bare is what a user sees against a hand-written NCHW loop, and segtune / bare NHWC "
+            "is the cost or gain of the Lightning loop, callbacks and checkpoint alone, with the layout "
+            "difference taken out. Set-up (Trainer construction, `fit` start and end) is paid once per run "
+            "and is not in the rates.",
             "",
         ]
     dp = res.get("data")
     if dp:
+        fr = [r["wait_frac"] for r in dp["rows"]]
         lines += [
             f"**Data wait** ({dp['data']}, `SegDataModule` train loader, crop {dp['crop']}, batch {dp['batch']}, "
-            "rescale 0.5-2 + crop + flip + colour jitter 0.2, heavier than the default crop + flip; the real model trains meanwhile; "
-            f"{dp['steps']} steps after the first; *warm* = decoded images in the RAM cache, *cold* = decoding "
-            "PNGs as they come, as in a run's first epoch):",
+            f"{dp.get('augmentation', 'rescale 0.5-2 + crop + flip + colour jitter 0.2')}, heavier than the default "
+            f"crop + flip; the real model trains meanwhile; {dp['steps']} steps after the first; *warm* = decoded "
+            "images in the RAM cache, *cold* = decoding PNGs as they come, as in a run's first epoch):",
             "",
             "| num_workers | cache | wait per step s | step s | wait fraction | first batch s |",
             "|---:|---|---:|---:|---:|---:|",
@@ -456,39 +476,26 @@ def _section(res: dict[str, Any], command: str, threads: int, total: float) -> s
                          f"{r['step_s']:.2f} | {100 * r['wait_frac']:.1f}% | {r['first_wait_s']:.2f} |")
         lines += [
             "",
-            "The rows run one after another (not alternated), so their step times differ mostly by the other "
-            "job's load; the wait fraction is the comparable number. Worker processes would compete with the "
-            "training step for the same two cores.",
+            f"Waiting for data took {100 * min(fr):.1f}-{100 * max(fr):.1f}% of a training step across these rows. "
+            "The rows run one after another (not alternated), so their step times also differ by the machine's "
+            "load; the wait fraction is the comparable number.",
             "",
         ]
     rp = res.get("rss")
     if rp:
         lines += [
             f"**Peak RSS** of `segtune.train` on {rp['data']} at full resolution (scale 1.0: 480x360 images "
-            f"cropped to {rp['crop']}x{rp['crop']}, batch {rp['batch']}; {rp['steps']} steps, validation and final evaluation on "
-            f"{rp['val_images']} whole val images padded to 480x384; decoded-image cache filled for all "
+            f"cropped to {rp['crop']}x{rp['crop']}, batch {rp['batch']}; {rp['steps']} steps, validation and final "
+            f"evaluation on {rp['val_images']} whole val images padded to 480x384; decoded-image cache filled for all "
             f"{rp['train_images']} + {rp['val_images']} images): **{rp['peak_mb']:.0f} MB** (VmHWM, fresh process).",
             "",
         ]
     lines += [
-        "What was fixed in `src/segtune` for these numbers: (1) `SegTuneModule.setup` turns off "
-        "`torch.utils.deterministic.fill_uninitialized_memory` while Lightning runs it (restored at "
-        "teardown): with `train.deterministic` (the default) torch otherwise fills every new tensor with "
-        "NaN, ~4-5% of a CPU step, without changing any result; (2) on a CPU (single process) the model "
-        "trains, validates, evaluates and predicts in channels-last (NHWC) layout, 1.2-1.4x faster "
-        "oneDNN convolutions than NCHW; (3) `Predictor.predict` takes the argmax of the logits for "
-        "untiled images instead of a softmax over all classes first; (4) validation and evaluation "
-        "batches of large images run one image per forward pass on a CPU "
-        "(`segtune.engine.evaluate.forward_chunked`, see the throughput section).",
-        "",
-        "Threads: all numbers use 1 intra-op thread. With torch's default (one thread per core, 2 here) "
-        "while another job kept both cores busy, a single step of the same model (batch 4, crop 256) took "
-        "5-44 s instead of 0.8-1.2 s (a separate probe, not part of this script): OpenMP threads "
-        "spin-wait for cores that are taken. On a shared machine, use `OMP_NUM_THREADS` / "
-        "`torch.set_num_threads` no larger than the number of free cores.",
+        f"Threads: every number above uses {res['threads']} intra-op thread(s). With more threads than free cores, "
+        "OpenMP threads spin-wait for cores that are taken; on a shared machine use `OMP_NUM_THREADS` / "
+        "`torch.set_num_threads` no larger than the number of free cores (the size of that slow-down was a "
+        "separate probe: no raw data kept, not reproduced here).",
     ]
-    for note in res.get("notes", []):
-        lines.append(note)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -504,14 +511,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1; see the docstring)")
     ap.add_argument("--workers", type=str, help="data-wait worker counts, e.g. 0,1,2")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: loop,data,rss")
-    ap.add_argument("--write-results", action="store_true", help="write the section of benchmarks/RESULTS.md")
-    ap.add_argument("--json", type=Path, help="also write the results as JSON")
+    ap.add_argument("--write-results", action="store_true",
+                    help="write the raw results JSON (--json, default benchmarks/overhead.json) and the "
+                         "RESULTS.md section generated from it")
+    ap.add_argument("--json", type=Path, help="write the results as JSON here")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="measure nothing: rewrite the RESULTS.md section from a JSON of an earlier run")
     ap.add_argument("--child-rss", nargs=6, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child_rss:
         data, steps, crop, batch, max_images, threads = a.child_rss
         print(json.dumps(_child_rss(data, int(steps), int(crop), int(batch), int(max_images) or None, int(threads))))
         return {}
+    if a.from_json:
+        res = json.loads(a.from_json.read_text())
+        write_section(_section(res, a.from_json))
+        return res
 
     import torch
 
@@ -536,7 +551,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p["workers"] = tuple(int(w) for w in a.workers.split(","))
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     t0 = time.perf_counter()
-    res: dict[str, Any] = {"profile": "quick" if a.quick else "default", "threads": a.threads, "machine": machine(a.threads)}
+    res: dict[str, Any] = {"profile": "quick" if a.quick else "default", "settings": p, "threads": a.threads,
+                           "machine": machine(a.threads), "command": _common.command_line("overhead.py", argv),
+                           "date": time.strftime("%Y-%m-%d"), "load": [_common.load_avg()]}
     print(res["machine"], flush=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
     if "loop" not in skip:
@@ -546,12 +563,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "rss" not in skip:
         res["rss"] = bench_rss(p["rss_steps"], p["rss_crop"], p["rss_batch"], p["max_images"], a.threads, log)
     res["seconds"] = time.perf_counter() - t0
+    res["load"].append(_common.load_avg())
     print(f"total {res['seconds']:.0f} s", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=2))
+    json_path = a.json or (JSON_DEFAULT if a.write_results else None)
+    if json_path:
+        _common.save_json(json_path, res)
     if a.write_results:
-        command = "python benchmarks/overhead.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-        write_section(_section(res, command, a.threads, res["seconds"]))
+        write_section(_section(json.loads(Path(json_path).read_text()), json_path))
     return res
 
 

@@ -28,7 +28,8 @@ user sees; segtune / bare NHWC is segtune's own overhead.
 
     python benchmarks/throughput.py --quick            # ~1-2 minutes
     python benchmarks/throughput.py                    # ~5-8 minutes
-    python benchmarks/throughput.py --write-results    # also write its RESULTS.md section
+    python benchmarks/throughput.py --write-results    # also benchmarks/throughput.json + its RESULTS.md section
+    python benchmarks/throughput.py --from-json benchmarks/throughput.json   # the section from the JSON alone
 """
 
 from __future__ import annotations
@@ -281,37 +282,53 @@ def bench(images: int, rounds: int, batch: int, log: Any = print) -> dict[str, A
     return res
 
 
-def _section(res: dict[str, Any], command: str, machine: str, total: float) -> str:
+JSON_DEFAULT = HERE / "throughput.json"
+
+
+def _section(res: dict[str, Any], json_path: Path | None = None) -> str:
+    """The RESULTS.md section; every number in it comes from ``res`` (the JSON)."""
     ips = res["ips"]
+    src = f"; raw results `{_common.rel(json_path)}`" if json_path else ""
+    nhwc_eval = ips["eval_bare_nhwc"] / ips["eval_bare"]
+    nhwc_pred = ips["pred_bare_nhwc"] / ips["pred_bare"]
+
+    def word(x: float) -> str:
+        return "faster than" if x > 1.02 else ("slower than" if x < 0.98 else "as fast as (within 2%)")
+
     return "\n".join([
         "## Evaluation and prediction throughput",
         "",
-        f"`{command}` ({total:.0f} s; {machine}; {time.strftime('%Y-%m-%d')}). Cores shared with another "
-        "long benchmark: absolute speeds are low and noisy, ratios come from alternating the contenders "
-        f"(order rotating) over {res['rounds']} rounds, medians. {res['data']}; Unet + EfficientNet-Lite0, "
-        "11 classes.",
+        f"`{res['command']}` ({res['seconds']:.0f} s; {res['machine']}; {res.get('date', '?')}{src}). "
+        + _common.load_sentence(res.get("load"))
+        + f" Contenders alternate (order rotating) over {res['rounds']} rounds; medians. {res['data']}; "
+        "Unet + EfficientNet-Lite0, 11 classes.",
         "",
         "| task | what is timed (same for every contender) | bare img/s | bare NHWC img/s | segtune img/s | "
         "segtune / bare | segtune / bare NHWC |",
         "|---|---|---:|---:|---:|---:|---:|",
-        f"| evaluate | PNG decode of image + mask, normalise, pad to 480x384, batches of {res['batch']}, forward, "
+        f"| evaluate | PNG decode of image + mask, normalise, pad to a multiple of 32, batches of {res['batch']}, forward, "
         f"argmax, confusion matrix | {ips['eval_bare']:.3f} | {ips['eval_bare_nhwc']:.3f} | "
-        f"{ips['eval_segtune']:.3f} | **{res['eval_ratio']:.3f}** | {res['eval_ratio_nhwc']:.3f} |",
+        f"{ips['eval_segtune']:.3f} | **{res['eval_ratio']:.3f}** | **{res['eval_ratio_nhwc']:.3f}** |",
         f"| predict | PNG decode, normalise, reflect-pad, forward one image, argmax, palette PNG written | "
         f"{ips['pred_bare']:.3f} | {ips['pred_bare_nhwc']:.3f} | {ips['pred_segtune']:.3f} | "
-        f"**{res['pred_ratio']:.3f}** | {res['pred_ratio_nhwc']:.3f} |",
+        f"**{res['pred_ratio']:.3f}** | **{res['pred_ratio_nhwc']:.3f}** |",
         "",
-        f"segtune evaluate = the image loop of `segtune.evaluate()` (`evaluate_model` over the loader it builds), "
+        f"Both sides named: evaluating, segtune ran at {res['eval_ratio']:.2f}x the plain NCHW bare loop "
+        f"({word(res['eval_ratio'])} it) and {res['eval_ratio_nhwc']:.2f}x the channels-last bare loop "
+        f"({word(res['eval_ratio_nhwc'])} it); predicting, at {res['pred_ratio']:.2f}x the NCHW bare loop "
+        f"({word(res['pred_ratio'])} it) and {res['pred_ratio_nhwc']:.2f}x the NHWC one ({word(res['pred_ratio_nhwc'])} it). "
+        f"The NHWC bare loops ran at {nhwc_eval:.2f}x (evaluate) and {nhwc_pred:.2f}x (predict) the NCHW ones "
+        "(medians of the rates).",
+        "",
+        "segtune evaluate = the image loop of `segtune.evaluate()` (`evaluate_model` over the loader it builds), "
         f"which on a CPU runs a batch of {res['batch']} large images as single-image forward passes "
-        "(`forward_chunked`: one pass over 4 x 480x384 images spills the caches and took 1.6x as long as four "
-        "single-image passes); the bare loops forward the whole batch, as a hand-written loop does; "
-        f"the whole call also loads and hash-checks the model and writes metrics.json and per_class_iou.png "
+        "(`forward_chunked`); the bare loops forward the whole batch, as a hand-written loop does. "
+        f"The whole call also loads and hash-checks the model and writes metrics.json and per_class_iou.png "
         f"({res['eval_fixed_s']:.2f} s once per call; whole call over {res['images']} images: "
-        f"{res['eval_total_ips']:.3f} img/s, {res['eval_total_ratio']:.3f} of bare). segtune predict = "
-        f"`Predictor.predict_paths` (rename-atomic PNG writes without a per-file fsync, as a bulk output that `--skip-existing` can redo; header pre-check of every file); loading the run "
-        f"(`Predictor.from_run`, {res['pred_load_s']:.2f} s) is once per call and not in the rate. *bare NHWC* uses "
-        "channels-last weights and inputs, as segtune does on a CPU (about 1.2-1.3x faster there than NCHW). "
-        f"segtune's and the bare loop's confusion matrices agree on {100 * res['cm_agreement']:.3f}% of the "
+        f"{res['eval_total_ips']:.3f} img/s, {res['eval_total_ratio']:.3f}x the NCHW bare loop). segtune predict = "
+        "`Predictor.predict_paths` (rename-atomic PNG writes without a per-file fsync; header pre-check of every "
+        f"file); loading the run (`Predictor.from_run`, {res['pred_load_s']:.2f} s) is once per call and not in the "
+        f"rate. segtune's and the bare loop's confusion matrices agree on {100 * res['cm_agreement']:.3f}% of the "
         "correctly classified pixels (the rest: float rounding between memory layouts).",
         "",
     ])
@@ -324,9 +341,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, help="alternating rounds")
     ap.add_argument("--batch", type=int, help="evaluation batch size (segtune evaluate's default is 4)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--write-results", action="store_true", help="write the section of benchmarks/RESULTS.md")
-    ap.add_argument("--json", type=Path, help="also write the results as JSON")
+    ap.add_argument("--write-results", action="store_true",
+                    help="write the raw results JSON (--json, default benchmarks/throughput.json) and the "
+                         "RESULTS.md section generated from it")
+    ap.add_argument("--json", type=Path, help="write the results as JSON here")
+    ap.add_argument("--from-json", type=Path, metavar="FILE",
+                    help="measure nothing: rewrite the RESULTS.md section from a JSON of an earlier run")
     a = ap.parse_args(argv)
+    if a.from_json:
+        res = json.loads(a.from_json.read_text())
+        _common.write_section(_section(res, a.from_json), MARK_START, MARK_END)
+        return res
 
     import torch
 
@@ -344,14 +369,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     machine = _common.machine(a.threads)
     print(machine, flush=True)
+    load0 = _common.load_avg()
     res = bench(p["images"], p["rounds"], p["batch"], lambda s: print(s, flush=True))
-    res.update(machine=machine, threads=a.threads, seconds=time.perf_counter() - t0)
+    res.update(machine=machine, threads=a.threads, seconds=time.perf_counter() - t0,
+               command=_common.command_line("throughput.py", argv), date=time.strftime("%Y-%m-%d"),
+               load=[load0, _common.load_avg()], profile="quick" if a.quick else "default")
     print(f"total {res['seconds']:.0f} s", flush=True)
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=2))
+    json_path = a.json or (JSON_DEFAULT if a.write_results else None)
+    if json_path:
+        _common.save_json(json_path, res)
     if a.write_results:
-        command = "python benchmarks/throughput.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-        _common.write_section(_section(res, command, machine, res["seconds"]), MARK_START, MARK_END)
+        _common.write_section(_section(json.loads(Path(json_path).read_text()), json_path), MARK_START, MARK_END)
     return res
 
 

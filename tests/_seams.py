@@ -72,8 +72,11 @@ def main(argv: list[str]) -> int:
             callbacks.append(DumpRankState(value))
         else:
             raise SystemExit(f"_seams.py: unknown option {opt}")
-    import segtune.engine.train as engine_train
+    import importlib
+
     from segtune.cli import main as cli_main
+
+    engine_train = importlib.import_module("segtune.engine.train")  # the module, not the function
 
     original = engine_train.train
 

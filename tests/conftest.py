@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny generated data sets and a few CamVid images (skipped without ../shared)."""
+"""Shared fixtures: tiny generated data sets and a few CamVid images (skipped without ../shared).
+
+Real-data tests carry the ``realdata`` marker (tests using the ``camvid_small`` fixture get it
+automatically). Without ``../shared/data/camvid`` they skip; when the data is there, a skipped
+``realdata`` test is reported as a failure, so CI cannot pass by skipping them.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +43,44 @@ def make_squares_dataset(root: Path, n_train: int = 12, n_val: int = 4, size: in
         "  val: {images: val/images, masks: val/masks}\n"
     )
     return root
+
+
+# ------------------------------------------------------------------ real-data guard
+REALDATA_FIXTURES = ("camvid_small",)
+
+
+def _realdata_skip_is_failure(camvid_exists: bool, skipped: bool, realdata: bool) -> bool:
+    """A test marked ``realdata`` that skipped although the real data is present must fail."""
+    return camvid_exists and skipped and realdata
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real-data fixture ``realdata`` (besides the explicit marks)."""
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in REALDATA_FIXTURES):
+            item.add_marker(pytest.mark.realdata)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Turn the skip of a ``realdata`` test into a failure when ../shared/data/camvid exists.
+
+    Covers skips in setup (``skipif`` marks, a fixture calling ``pytest.skip``; pytest lists
+    these as errors) and in the test body (listed as failures); either way the session fails.
+    An expected failure (``xfail``) is not a skip.
+    """
+    outcome = yield
+    rep = outcome.get_result()
+    skipped = rep.skipped and not hasattr(rep, "wasxfail")
+    realdata = item.get_closest_marker("realdata") is not None
+    if _realdata_skip_is_failure(CAMVID.is_dir(), skipped, realdata):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = str(reason).removeprefix("Skipped: ")
+        rep.outcome = "failed"
+        rep.longrepr = (
+            f"realdata test skipped although {CAMVID} exists ({reason}); real-data tests must "
+            "run when the data is present: fix the test or the data, do not skip"
+        )
 
 
 @pytest.fixture(autouse=True)

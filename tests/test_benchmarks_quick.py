@@ -26,6 +26,7 @@ def tc():
     return _load("transfer_curve")
 
 
+@pytest.mark.realdata
 @pytest.mark.skipif(not (CAMVID / "dataset.yaml").is_file(), reason="CamVid not found in ../shared/data")
 def test_transfer_curve_quick_end_to_end(tc, tmp_path):
     out = tmp_path / "tc.json"

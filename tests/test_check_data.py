@@ -275,6 +275,7 @@ def test_typo_key_in_dataset_yaml(tmp_path):
         check_data(tmp_path, progress=False)
 
 
+@pytest.mark.realdata
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="CamVid data not available")
 def test_camvid_subset(tmp_path):
     src = load_dataset_spec(CAMVID)

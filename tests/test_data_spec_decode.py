@@ -488,6 +488,7 @@ def test_folder_without_anything_is_data_error(tmp_path):
         load_dataset_spec(tmp_path)
 
 
+@pytest.mark.realdata
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="CamVid data not available")
 def test_camvid_yaml_loads():
     spec = load_dataset_spec(CAMVID)

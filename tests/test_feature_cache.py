@@ -6,6 +6,7 @@ import json
 import signal
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -158,6 +159,20 @@ def test_cached_features_equal_live_encoder(tmp_path: Path) -> None:
     assert not (tmp_path / "fc").exists()
 
 
+class _Float16EncoderFeatures(L.Callback):
+    """Round the live encoder's features to float16 in training steps (not in validation),
+    as the feature cache stores them: emulates the cache's only numerical difference."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        def hook(mod: torch.nn.Module, inp: object, out: list[torch.Tensor]) -> list[torch.Tensor] | None:
+            return [f.half().float() for f in out] if mod.training else None
+
+        self.handle = pl_module.model.net.encoder.register_forward_hook(hook)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.handle.remove()
+
+
 def test_head_run_with_cache_trains_like_without(tmp_path: Path, capsys) -> None:
     data = _mixed_sizes_dataset(tmp_path / "mixed")
     out = tmp_path / "runs"
@@ -170,11 +185,22 @@ def test_head_run_with_cache_trains_like_without(tmp_path: Path, capsys) -> None
     off = segtune.train(_cfg(data, out, "off", train__cache_features="off"))
     assert "feature cache: off (train.cache_features=off)" in capsys.readouterr().err
     assert off.summary["feature_cache"] is False
-    # same training up to float16 rounding of the decoder's inputs
-    la = [r["train_loss"] for r in on.history]
-    lb = [r["train_loss"] for r in off.history]
-    assert np.allclose(la, lb, rtol=1e-2, atol=1e-3), (la, lb)
-    assert abs(on.metrics["miou"] - off.metrics["miou"]) < 0.05
+    # Same training up to float16 rounding of the decoder's inputs (relative error <= 2**-11).
+    # The first epoch's loss shows it directly. Later AdamW steps amplify the rounding (for
+    # small gradients an update is about lr x sign(grad)): on this run the final val mIoU of
+    # `on` and `off` differ by up to ~7e-3 (seeds 0-2), so no tolerance on that difference is
+    # justified by float16 alone. Instead, a live run whose encoder features are rounded to
+    # float16 exactly as the cache stores them must reproduce the cached run bit for bit:
+    # the cache changes nothing else (images, flips, padding, order, BatchNorm modes).
+    assert on.history[0]["train_loss"] == pytest.approx(off.history[0]["train_loss"], rel=1e-3)
+    emulated = segtune.train(_cfg(data, out, "fp16", train__cache_features="off"),
+                             callbacks=[_Float16EncoderFeatures()])
+    assert emulated.summary["feature_cache"] is False
+    se, son = load_file(str(emulated.dir / "model.safetensors")), load_file(str(on.dir / "model.safetensors"))
+    assert se.keys() == son.keys() and [k for k in se if not torch.equal(se[k], son[k])] == []
+    assert [r["train_loss"] for r in emulated.history] == [r["train_loss"] for r in on.history]
+    assert emulated.metrics["miou"] == on.metrics["miou"]
+    assert emulated.metrics["per_class"] == on.metrics["per_class"]
     # the encoder (weights and BatchNorm statistics) is untouched
     sa, sb = load_file(str(on.dir / "model.safetensors")), load_file(str(off.dir / "model.safetensors"))
     enc = [k for k in sa if k.startswith("net.encoder.")]
@@ -245,5 +271,7 @@ def test_auto_mode_and_refusals(tmp_path: Path, capsys) -> None:
             "--augment", "flip", "--cache-features", "on", "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "strategy full trains the encoder" in err and err.count("\n") == 1
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert errors == [err.splitlines()[-1]] and "Traceback" not in err
+    assert "strategy full trains the encoder" in errors[0]
     assert not (tmp_path / "runs").exists()

@@ -79,6 +79,7 @@ def test_refuses_to_overwrite_run(squares: Path, tmp_path: Path) -> None:
         segtune.train(_cfg(squares, tmp_path / "runs", train__max_steps=1, train__name="x"))
 
 
+@pytest.mark.realdata
 def test_camvid_cli_train_evaluate_predict_reload_resume(camvid_small: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "runs"
     args = ["train", str(camvid_small), "--out", str(out), "--name", "cv", "--max-steps", "2", "--epochs", "3",

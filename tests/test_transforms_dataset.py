@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,9 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from segtune.config import DataConfig
+from segtune.data import decode
+from segtune.data import spec as spec_mod
+from segtune.data.datamodule import SegDataModule
 from segtune.data.dataset import SegDataset, estimate_cache_bytes, mask_storage_dtype, pad_collate
 from segtune.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset
 from segtune.data.transforms import (
@@ -69,29 +70,10 @@ def _write_pairs(folder: Path, n: int, size: tuple[int, int], classes: int, seed
 
 
 def _spec(root: Path, classes: int, ignore: int = 255):
-    spec_mod = pytest.importorskip("segtune.data.spec")
     return spec_mod.DatasetSpec(
         root=root, classes=[f"c{i}" for i in range(classes)], ignore_index=ignore, mask_format="index",
         splits={},
     )
-
-
-@pytest.fixture
-def pairing(monkeypatch: pytest.MonkeyPatch):
-    """The real pairing module, or a stem-matching stand-in until it exists."""
-    try:
-        return importlib.import_module("segtune.data.pairing")
-    except ImportError:
-        fake = types.ModuleType("segtune.data.pairing")
-
-        def find_pairs(images_dir, masks_dir):
-            masks = {p.stem: p for p in Path(masks_dir).iterdir() if p.is_file()}
-            imgs = sorted(p for p in Path(images_dir).iterdir() if p.is_file())
-            return [(p, masks[p.stem]) for p in imgs if p.stem in masks], []
-
-        fake.find_pairs = find_pairs
-        monkeypatch.setitem(sys.modules, "segtune.data.pairing", fake)
-        return fake
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +208,6 @@ def test_pad_collate_different_sizes() -> None:
 
 # ------------------------------------------------------------------ dataset
 def test_dataset_caches_decoded_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    decode = pytest.importorskip("segtune.data.decode")
     pairs = _write_pairs(tmp_path, 3, (40, 56), classes=3)
     spec = _spec(tmp_path, 3)
     calls = {"image": 0, "mask": 0}
@@ -290,7 +271,6 @@ def test_mask_storage_dtype_and_cache_estimate(tmp_path: Path) -> None:
     assert mask_storage_dtype(300, 255) == np.int16
     assert mask_storage_dtype(3, -1) == np.int16
     assert mask_storage_dtype(3, 65535) == np.int32
-    pytest.importorskip("segtune.data.decode")
     pairs = _write_pairs(tmp_path, 2, (30, 50), classes=2) + _write_pairs(tmp_path / "b", 1, (64, 10), 2)
     assert estimate_cache_bytes(pairs) == 2 * 30 * 50 * 4 + 64 * 10 * 4
     assert estimate_cache_bytes([]) == 0
@@ -298,15 +278,12 @@ def test_mask_storage_dtype_and_cache_estimate(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ datamodule
 def _dm(root: Path, seed: int = 0, **cfg):
-    spec_mod = pytest.importorskip("segtune.data.spec")
-    from segtune.data.datamodule import SegDataModule
-
     spec = spec_mod.load_dataset_spec(root)
     base = {"crop_size": 32, "batch_size": 4, "val_batch_size": 2, "scale_min": 0.75, "scale_max": 1.25}
     return SegDataModule(spec, DataConfig(**{**base, **cfg}), ZERO, ONE, seed=seed)
 
 
-def test_datamodule_random_val_split_is_seeded_and_disjoint(synth_no_val: Path, pairing, capsys) -> None:
+def test_datamodule_random_val_split_is_seeded_and_disjoint(synth_no_val: Path, capsys) -> None:
     a = _dm(synth_no_val, seed=0, val_fraction=0.25)
     a.setup()
     assert "holding out 3 of 12" in capsys.readouterr().err
@@ -324,7 +301,7 @@ def test_datamodule_random_val_split_is_seeded_and_disjoint(synth_no_val: Path, 
     assert len(tiny.val_pairs) == 1  # at least one val image
 
 
-def test_datamodule_subsets_skip_and_errors(synth: Path, pairing, tmp_path: Path) -> None:
+def test_datamodule_subsets_skip_and_errors(synth: Path, tmp_path: Path) -> None:
     full = _dm(synth)
     assert len(full.train_pairs) == 10 and len(full.val_pairs) == 3
     sub = _dm(synth, max_train_images=4, max_val_images=2)
@@ -332,9 +309,6 @@ def test_datamodule_subsets_skip_and_errors(synth: Path, pairing, tmp_path: Path
     assert set(sub.train_pairs) <= set(full.train_pairs) and set(sub.val_pairs) <= set(full.val_pairs)
     assert _dm(synth, max_train_images=4).train_pairs == sub.train_pairs  # seeded
     assert _dm(synth, max_train_images=100).train_pairs == full.train_pairs
-
-    spec_mod = importlib.import_module("segtune.data.spec")
-    from segtune.data.datamodule import SegDataModule
 
     spec = spec_mod.load_dataset_spec(synth)
     skip = {full.train_pairs[0][0], full.train_pairs[1][1]}
@@ -351,7 +325,7 @@ def test_datamodule_subsets_skip_and_errors(synth: Path, pairing, tmp_path: Path
         SegDataModule(empty, DataConfig(), ZERO, ONE, seed=0).setup()
 
 
-def test_class_pixel_counts_match_hand_count(synth: Path, pairing) -> None:
+def test_class_pixel_counts_match_hand_count(synth: Path) -> None:
     dm = _dm(synth)
     hand = np.zeros(3, np.int64)
     for _, m in dm.train_pairs:
@@ -364,7 +338,7 @@ def test_class_pixel_counts_match_hand_count(synth: Path, pairing) -> None:
     assert np.array_equal(dm.class_pixel_counts(), hand)  # from the cache
 
 
-def test_dataloaders_shapes_and_determinism(synth: Path, pairing) -> None:
+def test_dataloaders_shapes_and_determinism(synth: Path) -> None:
     def first_batch(seed: int):
         dm = _dm(synth, seed=seed, batch_size=4, cache="auto")
         torch.manual_seed(123)
@@ -415,7 +389,6 @@ def test_synthetic_dataset_is_consistent_and_deterministic(tmp_path: Path) -> No
 
     meta = yaml.safe_load((a / "dataset.yaml").read_text())
     assert meta["classes"] == list(SYNTHETIC_CLASSES[:4]) and len(meta["colors"]) == 4
-    spec_mod = pytest.importorskip("segtune.data.spec")
     spec = spec_mod.load_dataset_spec(a)
     assert spec.num_classes == 4 and spec.splits["val"].images == a.resolve() / "val" / "images"
 
@@ -436,10 +409,9 @@ def test_synthetic_foreground_differs_from_background(synth: Path) -> None:
 
 
 # ------------------------------------------------------------------ CamVid (real data)
+@pytest.mark.realdata
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="shared/data/camvid not present")
-def test_camvid_four_images(pairing) -> None:
-    spec_mod = pytest.importorskip("segtune.data.spec")
-    pytest.importorskip("segtune.data.decode")
+def test_camvid_four_images() -> None:
     spec = spec_mod.load_dataset_spec(CAMVID)
     names = sorted((CAMVID / "train").iterdir())[:4]
     pairs = [(p, CAMVID / "trainannot" / p.name) for p in names]
@@ -462,7 +434,7 @@ def test_package_exports_resolve() -> None:
     import segtune.data as data
 
     for mod in ("spec", "decode", "pairing", "check"):
-        pytest.importorskip(f"segtune.data.{mod}")
+        importlib.import_module(f"segtune.data.{mod}")  # must import, never skip
     for name in data.__all__:
         assert getattr(data, name) is not None, name
     assert data.SegDataModule.__name__ == "SegDataModule"

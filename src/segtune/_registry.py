@@ -60,15 +60,19 @@ class Registry(Generic[T]):
 
         return deco
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, also: tuple[str, ...] = ()) -> T:
         """Look a name up (case-insensitive).
+
+        Args:
+            name: the registered name.
+            also: other values the config key accepts (e.g. ``auto``), listed first in the error.
 
         Raises:
             ConfigError: unknown name, with the closest match and the valid names.
         """
         n = str(name).lower()
         if n not in self._items:
-            valid = self.names()
+            valid = [*also, *self.names()]
             raise ConfigError(
                 f"{self.key}={name!r}: unknown {self.kind}{did_you_mean(n, valid)}; "
                 f"choose one of: {', '.join(valid)}"

@@ -18,11 +18,10 @@ __all__ = ["main", "build_parser"]
 
 # flag -> dotted config key
 _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "config_arch": ("model.arch", str, "architecture: unet, fpn, deeplabv3plus, fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large"),
+    "config_arch": ("model.arch", str, "architecture: {architectures} (default unet)"),
     "encoder": ("model.encoder", str, "timm encoder (default tf_efficientnet_lite0, ImageNet weights bundled)"),
     "weights": ("model.weights", str, "imagenet | none | weights file | run folder to start from"),
-    "strategy": ("strategy.name", str, "auto (default: chosen from the data size, reason printed) | head | partial | full | "
-                 "discriminative | gradual | scratch"),
+    "strategy": ("strategy.name", str, "auto (default: chosen from the data size, reason printed) | {strategies}"),
     "freeze_stages": ("strategy.freeze_stages", int, "partial: encoder stages kept frozen"),
     "encoder_lr_factor": ("strategy.encoder_lr_factor", float, "discriminative/gradual: encoder LR = LR x factor"),
     "epochs": ("train.epochs", int, "maximum epochs (default: about 1000 steps, within 30-200 epochs, printed)"),
@@ -34,7 +33,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
                 "data.scale_min/scale_max / data.color_jitter are set) | flip (whole images, random flips only)"),
     "cache_features": ("train.cache_features", str, "auto | on | off: head strategy + --augment flip trains the "
                        "decoder from encoder features computed once per image and flip (auto: when valid)"),
-    "loss": ("loss.name", str, "ce | dice | focal | ce+dice"),
+    "loss": ("loss.name", str, "{losses} (default ce+dice)"),
     "class_weights": ("loss.class_weights", str, "median (default; weights the CE term) | inverse | none"),
     "seed": ("train.seed", int, "random seed (a CPU run repeats exactly)"),
     "out": ("train.out", str, "parent folder of run folders (default runs)"),
@@ -45,6 +44,19 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "num_workers": ("data.num_workers", int, "data-loader worker processes"),
     "max_pixels": ("data.max_pixels", int, "refuse images above this many pixels"),
 }
+
+
+def _registered_names() -> dict[str, str]:
+    """Help-text lists read from the registries (never written out by hand)."""
+    from .losses import list_losses
+    from .models import list_architectures
+    from .strategies import list_strategies
+
+    return {
+        "architectures": ", ".join(list_architectures()),
+        "strategies": " | ".join(list_strategies()),
+        "losses": " | ".join(list_losses()),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune a pretrained model. Any config key can be set with --set section.key=value.")
     t.add_argument("data", nargs="?", help="data set folder (with dataset.yaml, or images/ + masks/) or a dataset.yaml")
     t.add_argument("--config", help="YAML config file (flags override it)")
-    t.add_argument("--arch", dest="config_arch", help=_TRAIN_FLAGS["config_arch"][2])
+    names = _registered_names()
+    t.add_argument("--arch", dest="config_arch", help=_TRAIN_FLAGS["config_arch"][2].format(**names))
     for key, (_, typ, help_) in _TRAIN_FLAGS.items():
+        help_ = help_.format(**names)
         if key == "config_arch":
             continue
         t.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, help=help_)
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=None, help="epochs per strategy")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo's folder")
 
-    sub.add_parser("models", help="list architectures and encoders with bundled weights")
+    sub.add_parser("models", help="list architectures, encoders with bundled weights, strategies and losses")
     return p
 
 
@@ -198,11 +212,14 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_models(a: argparse.Namespace) -> int:
-    from .models import list_architectures, list_encoders
+    from .models import list_encoders
 
-    print("architectures: " + ", ".join(list_architectures()))
+    names = _registered_names()
+    print("architectures: " + names["architectures"])
     print("encoders with bundled ImageNet weights: " + ", ".join(list_encoders()))
     print("any other timm encoder works with --weights none or --weights FILE")
+    print("strategies: " + names["strategies"].replace(" | ", ", ") + " (and auto: chosen from the data size)")
+    print("losses: " + names["losses"].replace(" | ", ", "))
     return 0
 
 

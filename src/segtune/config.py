@@ -301,7 +301,7 @@ class Config:
         from .strategies.auto import AUTO
 
         if self.strategy.name != AUTO:
-            STRATEGY_REGISTRY.get(self.strategy.name)
+            STRATEGY_REGISTRY.get(self.strategy.name, also=(AUTO,))
         LOSS_REGISTRY.get(self.loss.name)
         _choice("loss.class_weights", self.loss.class_weights, CLASS_WEIGHTS)
         _choice("optim.schedule", self.optim.schedule, SCHEDULES)

@@ -105,13 +105,16 @@ def run_demo(
     for r in rows:
         print(f"{r['strategy']:>14}: curves {Path(r['run']) / 'curves.png'}, overlays {Path(r['run']) / 'val_overlays'}/")
     best = max(rows, key=lambda r: r["val_miou"] or 0)
-    if "scratch" in [r["strategy"] for r in rows] and len(rows) > 1:
-        scratch = next(r for r in rows if r["strategy"] == "scratch")
-        if best["strategy"] != "scratch":
-            print(f"\ntransfer helped: {best['strategy']} beats scratch by "
-                  f"{(best['val_miou'] - scratch['val_miou']) * 100:.1f} mIoU points with the same budget")
+    from .strategies import STRATEGY_REGISTRY
+
+    # the baseline is a strategy that starts from random weights (scratch)
+    baseline = next((r for r in rows if not STRATEGY_REGISTRY.get(r["strategy"]).pretrained), None)
+    if baseline is not None and len(rows) > 1:
+        if best is not baseline:
+            print(f"\ntransfer helped: {best['strategy']} beats {baseline['strategy']} by "
+                  f"{(best['val_miou'] - baseline['val_miou']) * 100:.1f} mIoU points with the same budget")
         else:
-            print("\ntransfer did not help on this data with this budget (scratch was best)")
+            print(f"\ntransfer did not help on this data with this budget ({baseline['strategy']} was best)")
     return rows
 
 

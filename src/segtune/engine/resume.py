@@ -24,6 +24,7 @@ Lightning removed mid-epoch fault tolerance in 2.0, so segtune keeps what it nee
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 import signal
 import threading
@@ -329,14 +330,19 @@ def check_resume(ckpt_path: str | Path, current: dict[str, Any]) -> dict[str, An
             batch size differ from ``current`` (a :func:`fingerprint`).
     """
     ckpt_path = Path(ckpt_path)
+    restart = "delete it to start this run again from the beginning"
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:  # torch's own text suggests loading it unsafely: not ours
+        raise RunError(
+            f"{ckpt_path}: refused, not a plain-tensor checkpoint (it holds Python objects other "
+            f"than tensors, which could run code when loaded); {restart}"
+        ) from None
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise RunError(
-            f"{ckpt_path}: cannot read the checkpoint ({first}); delete it to start this run again "
-            "from the beginning"
-        ) from None
+        raise RunError(f"{ckpt_path}: cannot read the checkpoint ({first}); {restart}") from None
+    if not isinstance(ckpt, dict):
+        raise RunError(f"{ckpt_path}: holds a {type(ckpt).__name__}, not a segtune checkpoint; {restart}")
     info = {"epoch": int(ckpt.get("epoch", 0)), "step": int(ckpt.get("global_step", 0))}
     saved = (ckpt.get("segtune") or {}).get("fingerprint") or {}
     del ckpt

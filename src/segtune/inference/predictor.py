@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .. import _log
 from .._progress import progress_iter
-from .._tensor import cpu_channels_last
+from .._tensor import cpu_channels_last, round_up
 from ..data.pairing import IMAGE_EXTS
 from ..errors import DataError
 from ..models.modelfile import load_model
@@ -87,7 +87,7 @@ class Predictor:
         The one place the model runs (every prediction path goes through it).
         """
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 32, (-w) % 32
+        ph, pw = round_up(h) - h, round_up(w) - w
         if ph or pw:
             mode = "reflect" if h > ph and w > pw else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
