@@ -96,9 +96,6 @@ def test_partition_covers_every_parameter_exactly_once(arch: str, built) -> None
 
 
 # --------------------------------------------------------------------- architecture x strategy
-def _unit_trains(unit, trainable: set[int]) -> bool:
-    return unit.stage is None or unit.stage in trainable
-
 
 def _check_pattern(model: SegModel, strategy, epoch: int) -> None:
     """requires_grad and norm modes after ``apply(epoch)`` + ``model.train()``."""
@@ -106,8 +103,10 @@ def _check_pattern(model: SegModel, strategy, epoch: int) -> None:
     model.train()  # what Lightning (or a user) does after apply: must not wake frozen norms
     trainable = set(strategy.trainable_stages(epoch))
     assert trainable <= set(range(strategy.num_stages))
-    for unit in partition(model):
-        on = _unit_trains(unit, trainable)
+    units = strategy.units(model)
+    assert {id(p) for u in units for _, p in u.params} == {id(p) for p in model.parameters()}
+    for unit in units:
+        on = strategy.unit_trains(unit, epoch)  # the strategy's own word, checked against the model
         wrong = [n for n, p in unit.params if p.requires_grad != on]
         assert not wrong, f"epoch {epoch}, {unit.name} (trains={on}): {wrong[:3]}"
         for m in norm_layers(unit.modules):
@@ -125,9 +124,8 @@ def test_strategy_trains_exactly_its_units(arch: str, strategy_name: str, built)
         _check_pattern(model, strategy, epoch)
     _check_pattern(model, strategy, 0)  # back to epoch 0: apply is idempotent and reversible
 
-    trainable = set(strategy.trainable_stages(0))
-    units = partition(model)
-    frozen_units = [u for u in units if not _unit_trains(u, trainable)]
+    units = strategy.units(model)
+    frozen_units = [u for u in units if not strategy.unit_trains(u, 0)]
     frozen_norms = [m for u in frozen_units for m in norm_layers(u.modules)]
 
     # param groups: every parameter exactly once, each group wholly trainable or wholly frozen

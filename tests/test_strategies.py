@@ -226,7 +226,8 @@ def test_bad_strategy_config(model):
         "discriminative",
         "gradual",
         "scratch",
-    }
+            "classifier",
+}
     with pytest.raises(ConfigError, match="did you mean 'partial'"):
         build_strategy(model, StrategyConfig(name="partal"), LR)
     with pytest.raises(ConfigError, match="freeze_stages=6: .* has 5 stages"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CPU_CHUNK_PIXELS", "cpu_channels_last", "forward_chunked", "round_up"]
+__all__ = ["CPU_CHUNK_PIXELS", "cpu_channels_last", "forward_chunked", "round_up", "suppress_classes"]
 
 #: On a CPU, an inference forward pass takes at most this many pixels (images x H x W) at once.
 CPU_CHUNK_PIXELS = 1 << 18
@@ -46,3 +46,13 @@ def forward_chunked(model: torch.nn.Module, x: torch.Tensor, max_pixels: int = C
     if x.device.type != "cpu" or model.training or per >= n:
         return model(x)
     return torch.cat([model(c) for c in x.split(per)])
+
+
+def suppress_classes(logits: torch.Tensor, classes: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """``logits`` ``(N, C, H, W)`` with the given class channels set to the lowest float, so an
+    argmax (or softmax) never picks them; returned unchanged when ``classes`` is empty."""
+    if not classes:
+        return logits
+    out = logits.clone()
+    out[:, list(classes)] = torch.finfo(out.dtype).min
+    return out

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from .. import _log
 from .._io import atomic_write_json
 from .._progress import progress_iter
-from .._tensor import cpu_channels_last, forward_chunked
+from .._tensor import cpu_channels_last, forward_chunked, suppress_classes
 from ..errors import DataError
 
 __all__ = ["evaluate", "evaluate_model", "write_evaluation"]
@@ -25,6 +25,7 @@ def evaluate_model(
     class_names: list[str] | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    suppress: list[int] | tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Run ``model`` over ``loader`` and return :func:`segmentation_metrics` of the summed confusion matrix.
 
@@ -34,6 +35,8 @@ def evaluate_model(
         num_classes, ignore_index, class_names: label set of the data.
         device: where to run (default: the model's device).
         progress: show a progress bar.
+        suppress: class indices never predicted (model.yaml ``inference.suppress``, e.g. the
+            synthetic background of an incremental model), as in :class:`~segtune.inference.Predictor`.
 
     Returns:
         Metrics dict with ``confusion_matrix`` ((C,C) nested list, rows = truth) added.
@@ -48,7 +51,7 @@ def evaluate_model(
         x = batch["image"].to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = forward_chunked(model, x)
+        logits = suppress_classes(forward_chunked(model, x), suppress)
         cm += confusion_matrix(logits.argmax(1).cpu(), batch["mask"], num_classes, ignore_index)
     m = segmentation_metrics(cm.numpy(), class_names)
     m["confusion_matrix"] = cm.tolist()
@@ -120,7 +123,9 @@ def evaluate(
     )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = evaluate_model(model, loader, spec.num_classes, spec.ignore_index, list(spec.classes), device, progress)
+    suppress = (meta.get("inference") or {}).get("suppress", [])
+    metrics = evaluate_model(model, loader, spec.num_classes, spec.ignore_index, list(spec.classes), device,
+                             progress, suppress=suppress)
     out_dir = Path(out) if out else Path(run) / f"eval-{split}"
     write_evaluation(out_dir, metrics, summary={"run": str(run), "data": str(data), "split": split, "images": len(pairs)})
     return metrics

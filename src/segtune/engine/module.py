@@ -111,15 +111,22 @@ class SegTuneModule(L.LightningModule):
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self._channels_last else x
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        y = batch["mask"]
+    def forward_train(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Training-mode logits ``(N, C, H, W)`` of a batch (from images, or from cached features)."""
         if "features" in batch:  # frozen-encoder feature cache: float16 features -> float32 decoder
             fmt = torch.channels_last if self._channels_last else torch.contiguous_format
             feats = [f.to(torch.float32, memory_format=fmt) for f in batch["features"]]  # one copy
-            logits = self.model.decode(feats)
-        else:
-            logits = self.model(self._input(batch["image"]))
-        loss = self.loss_fn(logits, y)
+            return self.model.decode(feats)
+        return self.model(self._input(batch["image"]))
+
+    def training_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The scalar training objective; subclasses (e.g. incremental methods) add terms."""
+        return self.loss_fn(logits, batch["mask"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        y = batch["mask"]
+        logits = self.forward_train(batch)
+        loss = self.training_loss(logits, batch)
         self._train_loss_sum += float(loss.detach())
         self._train_loss_n += 1
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=y.shape[0])
@@ -142,9 +149,13 @@ class SegTuneModule(L.LightningModule):
         self.val_cm.reset()
         self._val_loss_sum, self._val_loss_n = 0.0, 0
 
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation logits ``(N, C, H, W)`` as a prediction would score them."""
+        return forward_chunked(self.model, self._input(x))  # CPU: large images one at a time
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         x, y = batch["image"], batch["mask"]
-        logits = forward_chunked(self.model, self._input(x))  # CPU: large images one at a time
+        logits = self.predict_logits(x)
         loss = self.loss_fn(logits, y)
         if torch.isfinite(loss):
             self._val_loss_sum += float(loss) * x.shape[0]

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ from .run import (
     save_model,
 )
 
-__all__ = ["train", "resolve_config", "resolve_precision"]
+__all__ = ["train", "TrainPlan", "resolve_config", "resolve_precision"]
 
 
 def resolve_config(config: Config | dict | str | Path | None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
@@ -124,12 +124,36 @@ class _EpochPrinter(L.Callback):
             _log.info(msg)
 
 
+@dataclass
+class TrainPlan:
+    """How a run differs from fine-tuning a freshly built model; every hook defaults to plain
+    training. Features built on the engine (``segtune.incremental``) pass one to :func:`train`.
+
+    Attributes:
+        build_model: ``(cfg, spec) -> SegModel``: the model to start from (default:
+            ``create_model`` with the strategy's pretrained weights).
+        build_module: ``(model, strategy, loss, optim_cfg, spec) -> SegTuneModule`` (default:
+            :class:`SegTuneModule`).
+        meta: extra keys of model.yaml (e.g. ``lineage``, ``inference.suppress``).
+        finalize: ``(run_dir, model, metrics, summary) -> None`` after the model and metrics are
+            written (rank 0), e.g. to store a replay memory.
+        auto: fill ``auto`` config values from the data (False: the caller set them).
+    """
+
+    build_model: Callable[[Config, Any], torch.nn.Module] | None = None
+    build_module: Callable[..., SegTuneModule] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    finalize: Callable[[Path, torch.nn.Module, dict[str, Any], dict[str, Any]], None] | None = None
+    auto: bool = True
+
+
 def train(
     config: Config | dict | str | Path | None = None,
     *,
     resume: str | Path | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
     callbacks: Sequence[L.Callback] = (),
+    plan: TrainPlan | None = None,
 ) -> Run:
     """Fine-tune a segmentation model and write a run folder.
 
@@ -147,6 +171,7 @@ def train(
             ``config`` is ignored).
         overrides: ``{"optim.lr": 3e-4}`` or ``["optim.lr=3e-4"]`` applied on top of ``config``.
         callbacks: extra Lightning callbacks (logging, custom stops), run after segtune's own.
+        plan: hooks for runs that do not start from a fresh model (:class:`TrainPlan`).
 
     Returns:
         The :class:`Run` (folder, final validation metrics, history, summary).
@@ -156,6 +181,7 @@ def train(
     """
     t_start = time.perf_counter()
     _quiet_lightning()
+    plan = plan or TrainPlan()
     start = _open_run(config, resume, overrides)
     if start.complete:
         _log.info(f"{start.run_dir}: run already complete; nothing to resume")
@@ -165,8 +191,8 @@ def train(
             _log.set_quiet(True)  # rank 0 reports for all processes
         L.seed_everything(start.cfg.train.seed, workers=True, verbose=False)
         data = _check_data(start.cfg, start.rank)
-        notes = _choose_defaults(start, data)
-        parts = _build_parts(start, data, notes)
+        notes = _choose_defaults(start, data, plan.auto)
+        parts = _build_parts(start, data, notes, plan)
         trainer, cbs = _build_trainer(start, parts, callbacks)
         _fit(start, parts, trainer, cbs)
     except SegtuneError:
@@ -174,7 +200,7 @@ def train(
         raise
     if not trainer.is_global_zero:
         return Run(dir=start.run_dir)
-    return _finalize(start, parts, trainer, cbs, t_start)
+    return _finalize(start, parts, trainer, cbs, t_start, plan)
 
 
 # ----------------------------------------------------------------------------- phase: run folder
@@ -276,7 +302,7 @@ def _check_data(cfg: Config, rank: int) -> _Data:
     return _Data(spec, report, skip)
 
 
-def _choose_defaults(start: _Start, data: _Data) -> list[str]:
+def _choose_defaults(start: _Start, data: _Data, auto: bool = True) -> list[str]:
     """Fill ``auto`` values from the number of training images (new runs only); write
     config.yaml (rank 0). Returns the lines explaining the choices (printed once the model
     is built, so a refusal stays a single line)."""
@@ -285,7 +311,7 @@ def _choose_defaults(start: _Start, data: _Data) -> list[str]:
 
     cfg = start.cfg
     notes: list[str] = []
-    if not start.resuming:
+    if auto and not start.resuming:
         # the same pure split as the data module's (report.pairs holds the usable pairs only)
         spec, pairs = data.spec, data.report.pairs
         has_val = "val" in spec.splits and spec.splits["val"].masks is not None
@@ -313,7 +339,7 @@ class _Parts:
     summary: dict[str, Any]
 
 
-def _build_parts(start: _Start, data: _Data, notes: list[str]) -> _Parts:
+def _build_parts(start: _Start, data: _Data, notes: list[str], plan: TrainPlan) -> _Parts:
     """Model, data module, loss, strategy and the Lightning module; the feature-cache decision."""
     from ..data import SegDataModule
     from ..data.feature_cache import cache_decision
@@ -322,9 +348,12 @@ def _build_parts(start: _Start, data: _Data, notes: list[str]) -> _Parts:
     from ..strategies import STRATEGY_REGISTRY, build_strategy
 
     cfg, spec = start.cfg, data.spec
-    pretrained = STRATEGY_REGISTRY.get(cfg.strategy.name).pretrained
-    model = create_model(cfg.model.arch, cfg.model.encoder, num_classes=spec.num_classes,
-                         weights=cfg.model.weights if pretrained else "none")
+    if plan.build_model is not None:
+        model = plan.build_model(cfg, spec)
+    else:
+        pretrained = STRATEGY_REGISTRY.get(cfg.strategy.name).pretrained
+        model = create_model(cfg.model.arch, cfg.model.encoder, num_classes=spec.num_classes,
+                             weights=cfg.model.weights if pretrained else "none")
     for note in notes:
         _log.info(note)
     dm = SegDataModule(spec, cfg.data, model.mean, model.std, seed=cfg.train.seed, skip=data.skip)
@@ -351,8 +380,10 @@ def _build_parts(start: _Start, data: _Data, notes: list[str]) -> _Parts:
     use_cache, cache_line = cache_decision(cfg, model, strategy, start.world)
     if use_cache or strategy.encoder_frozen or cfg.data.augment == "flip":
         _log.info(cache_line)  # said where the user could want it
-    module = SegTuneModule(model, strategy, loss, dataclasses.replace(cfg.optim, lr=lr),
-                           spec.num_classes, spec.ignore_index, spec.classes)
+    build_module = plan.build_module or (
+        lambda m, st, lo, oc, sp: SegTuneModule(m, st, lo, oc, sp.num_classes, sp.ignore_index, sp.classes)
+    )
+    module = build_module(model, strategy, loss, dataclasses.replace(cfg.optim, lr=lr), spec)
     return _Parts(spec, model, dm, strategy, module, fprint, use_cache, summary)
 
 
@@ -468,7 +499,8 @@ def _fit(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks) -> N
 
 
 # ----------------------------------------------------------------------------- phase: finalize
-def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks, t_start: float) -> Run:
+def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks, t_start: float,
+              plan: TrainPlan) -> Run:
     """Load the best checkpoint, score the whole val set, write the model, metrics, overlays
     and history (rank 0)."""
     from .evaluate import evaluate_model, write_evaluation
@@ -481,7 +513,9 @@ def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks,
         if cbs.best.best_model_score is not None:
             _log.info(f"best epoch by val mIoU: {float(cbs.best.best_model_score):.4f}")
     model = parts.module.model.cpu().eval()
-    metrics = evaluate_model(model, dm.val_dataloader(whole=True), spec.num_classes, spec.ignore_index, spec.classes)
+    suppress = (plan.meta.get("inference") or {}).get("suppress", [])
+    metrics = evaluate_model(model, dm.val_dataloader(whole=True), spec.num_classes, spec.ignore_index,
+                             spec.classes, suppress=suppress)
     summary = parts.summary
     summary.update(
         strategy=cfg.strategy.name,
@@ -502,9 +536,12 @@ def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks,
         "strategy": cfg.strategy.name,
         "trained_on": str(cfg.data.root),
         "val_miou": metrics.get("miou"),
+        **plan.meta,
     }
     save_model(run_dir, model, meta)
     write_evaluation(run_dir, metrics, summary=summary)
+    if plan.finalize is not None:
+        plan.finalize(run_dir, model, metrics, summary)
     _write_overlays(run_dir, model, meta, dm.val_pairs[: cfg.train.num_overlays], spec)
     cbs.history.write()
     _log.info(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .. import _log
 from .._progress import progress_iter
-from .._tensor import cpu_channels_last, round_up
+from .._tensor import cpu_channels_last, round_up, suppress_classes
 from ..data.pairing import IMAGE_EXTS
 from ..errors import DataError
 from ..models.modelfile import load_model
@@ -56,6 +56,8 @@ class Predictor:
         self.classes: list[str] = list(meta.get("classes") or [])
         self.colors = meta.get("colors")
         self.ignore_index = int(meta.get("ignore_index", 255))
+        # classes never predicted (e.g. the synthetic background of an incremental model)
+        self.suppress: list[int] = list((meta.get("inference") or {}).get("suppress", []))
         norm = meta.get("normalization", {})
         self.mean = torch.tensor(norm.get("mean", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("std", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
@@ -94,7 +96,7 @@ class Predictor:
         x = x.to(self.device)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x).float()[..., :h, :w]
+        return suppress_classes(self.model(x).float()[..., :h, :w], self.suppress)
 
     @torch.inference_mode()
     def _probs_padded(self, x: torch.Tensor) -> torch.Tensor:

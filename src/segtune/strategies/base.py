@@ -163,12 +163,16 @@ class Strategy:
         """Learning rate of a unit (the head uses ``lr``)."""
         return self.lr if unit.stage is None else self.stage_lr(unit.stage)
 
+    def unit_trains(self, unit: Unit, epoch: int) -> bool:
+        """Whether ``unit`` trains in ``epoch`` (the head always does; encoder stages when listed
+        by :meth:`trainable_stages`)."""
+        return unit.stage is None or unit.stage in self.trainable_stages(epoch)
+
     def group_trainable(self, group: str, epoch: int) -> bool:
         """Whether param group ``group`` (as named by :meth:`param_groups`) trains in ``epoch``."""
         base = group.removesuffix(".no_decay")
-        if base == HEAD:
-            return True
-        return int(base.split(".")[1]) in self.trainable_stages(epoch)
+        unit = next(u for u in self.units() if u.name == base)
+        return self.unit_trains(unit, epoch)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer param groups covering every parameter of the model, from step 0.
@@ -216,19 +220,15 @@ class Strategy:
         Call it once before wrapping the model in DDP so frozen parameters are excluded from
         gradient synchronisation.
         """
-        trainable = set(self.trainable_stages(epoch))
-        for unit in partition(model):
-            flag = unit.stage is None or unit.stage in trainable
+        for unit in self.units(model):
+            flag = self.unit_trains(unit, epoch)
             for _, p in unit.params:
                 p.requires_grad_(flag)
 
     def set_norm_modes(self, model: SegModel, epoch: int) -> None:
-        """Keep the norm layers of frozen stages in eval mode; others follow ``model.training``."""
-        trainable = set(self.trainable_stages(epoch))
-        stages = model.encoder_stages()
-        frozen = [
-            m for k, mods in enumerate(stages) if k not in trainable for m in norm_layers(mods)
-        ]
+        """Keep the norm layers of frozen units in eval mode; others follow ``model.training``."""
+        frozen = [m for unit in self.units(model) if not self.unit_trains(unit, epoch)
+                  for m in norm_layers(unit.modules)]
         model.set_frozen_norms(frozen)
 
     def apply(self, model: SegModel, epoch: int) -> None:
@@ -244,17 +244,15 @@ class Strategy:
     def summary(self, epoch: int = 0) -> list[dict[str, Any]]:
         """One row per unit: ``{"group", "trainable", "total", "lr"}`` (parameter counts at ``epoch``).
 
-        Rows are ordered ``encoder.0`` (input side) ... ``encoder.<S-1>``, ``head``.
+        Rows are ordered as :meth:`units`: ``encoder.0`` (input side) ... ``encoder.<S-1>``, ``head``.
         """
-        trainable = set(self.trainable_stages(epoch))
         rows = []
         for unit in self.units():
             total = sum(p.numel() for _, p in unit.params)
-            on = unit.stage is None or unit.stage in trainable
             rows.append(
                 {
                     "group": unit.name,
-                    "trainable": total if on else 0,
+                    "trainable": total if self.unit_trains(unit, epoch) else 0,
                     "total": total,
                     "lr": self.unit_lr(unit),
                 }

@@ -10,6 +10,8 @@ discriminative   all                                             lr x f x d**(S-
 gradual          none while e < head_epochs, then 1 + (e -       lr x f x d**(S-1-k)
                  head_epochs) // unfreeze_every deepest stages
 scratch          all (the model starts from random weights)      lr
+classifier       none, and the decoder is frozen too: only the   (unused)
+                 final class layer trains
 ===============  ==============================================  ==========================
 
 ``f`` = ``encoder_lr_factor``, ``d`` = ``stage_lr_decay`` (1 when unset), ``S`` = number of stages
@@ -18,12 +20,18 @@ scratch          all (the model starts from random weights)      lr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .._registry import Registry
 from ..errors import ConfigError
-from .base import Strategy, _fmt_lr
+from .base import HEAD, Strategy, Unit, _fmt_lr, partition
+
+if TYPE_CHECKING:
+    from ..models import SegModel
 
 __all__ = [
     "STRATEGY_REGISTRY",
+    "ClassifierStrategy",
     "HeadStrategy",
     "PartialStrategy",
     "FullStrategy",
@@ -173,4 +181,39 @@ class GradualStrategy(_ScaledEncoderLR):
             f"gradual: head only for {self.cfg.head_epochs} epoch(s), then one more encoder stage "
             f"every {self.cfg.unfreeze_every} epoch(s) from the deepest (all {self.num_stages} "
             f"from epoch {self.full_epoch() + 1}); {self._lr_text()}"
+        )
+
+
+@STRATEGY_REGISTRY.register("classifier")
+class ClassifierStrategy(Strategy):
+    """Only the final class layer(s) train: encoder and decoder frozen, their norms in eval mode.
+
+    The frozen-body set-up of SSUL's incremental steps (``segtune update --method ssul``); as a
+    fine-tuning strategy it is a linear probe on the decoder's features.
+    """
+
+    name = "classifier"
+
+    def trainable_stages(self, epoch: int) -> list[int]:
+        return []
+
+    def units(self, model: SegModel | None = None) -> list[Unit]:
+        """Encoder stages, then ``decoder`` (frozen) and ``head`` (the class layers only)."""
+        model = model if model is not None else self.model
+        *stages, head = partition(model)
+        keys = set(model.class_head_keys())
+        prefixes = {k.rsplit(".", 1)[0] for k in keys}
+        classifier = [m for n, m in model.named_modules() if n in prefixes]
+        decoder = Unit("decoder", None, [(n, p) for n, p in head.params if n not in keys],
+                       [m for m in head.modules])
+        cls_unit = Unit(HEAD, None, [(n, p) for n, p in head.params if n in keys], classifier)
+        return [*stages, decoder, cls_unit]
+
+    def unit_trains(self, unit: Unit, epoch: int) -> bool:
+        return unit.name == HEAD
+
+    def describe(self) -> str:
+        return (
+            f"classifier: encoder ({self.num_stages} stages) and decoder frozen (BatchNorm statistics "
+            f"fixed), only the class layer trains at lr {_fmt_lr(self.lr)}"
         )
