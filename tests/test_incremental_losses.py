@@ -47,11 +47,11 @@ def _lse(*v: float) -> float:
 def test_unbiased_ce_hand_value() -> None:
     # channels: 0 background, 1 old class, 2 new class (num_old = 2)
     logits = _pixels([1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [5.0, 5.0, 5.0], [0.2, 0.7, -0.3])
-    target = torch.tensor([[[0, 2, 255, 1]]])  # old label 1 counts as background, 255 ignored
+    target = torch.tensor([[[0, 2, 255, 1]]])  # old label 1 (a replayed pixel) keeps its class, 255 ignored
     bg_a = -(_lse(1.0, 2.0) - _lse(1.0, 2.0, 0.5))
     new_b = -(3.0 - _lse(0.0, -1.0, 3.0))
-    bg_d = -(_lse(0.2, 0.7) - _lse(0.2, 0.7, -0.3))
-    expected = (bg_a + new_b + bg_d) / 3
+    old_d = -(0.7 - _lse(0.2, 0.7, -0.3))
+    expected = (bg_a + new_b + old_d) / 3
     got = unbiased_cross_entropy(logits, target, num_old=2)
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
@@ -304,3 +304,12 @@ def test_grow_model_keeps_old_logits(arch: str) -> None:
         assert torch.allclose(p_new[:, ch], p_old[:, 0] / 3, atol=1e-5)
     assert torch.allclose(p_new[:, [0, 3, 4]].sum(1), p_old[:, 0], atol=1e-5)
     assert torch.allclose(p_new[:, 1:3], p_old[:, 1:3], atol=1e-5)
+
+
+def test_unbiased_ce_keeps_old_labels_of_replayed_pixels() -> None:
+    # channels: background, old class 1, new class 2; a replayed pixel labelled with old class 1
+    z = [0.2, 1.0, -0.5]
+    logits = _pixels(z)
+    den = math.log(sum(math.exp(v) for v in z))
+    got = unbiased_cross_entropy(logits, torch.tensor([[[1]]]), num_old=2)
+    assert got.item() == pytest.approx(den - 1.0, rel=1e-6)  # -log softmax(z)_1, not the background sum

@@ -32,6 +32,7 @@ __all__ = [
     "__version__",
     "Config",
     "train",
+    "update",
     "evaluate",
     "load",
     "predict",
@@ -49,6 +50,14 @@ def train(config: Config | dict | str | Path | None = None, **kwargs: Any) -> Ru
     from .engine.train import train as _train
 
     return _train(config, **kwargs)
+
+
+def update(run: str | Path | None = None, new_data: str | Path | None = None, **kwargs: Any) -> Run:
+    """Update a trained run with new images or new classes into a new run folder; see
+    :func:`segtune.incremental.update.update`."""
+    from .incremental.update import update as _update
+
+    return _update(run, new_data, **kwargs)
 
 
 def evaluate(run: str | Path, data: str | Path, **kwargs: Any) -> dict[str, Any]:

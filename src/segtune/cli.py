@@ -130,7 +130,69 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo's folder")
 
     sub.add_parser("models", help="list architectures, encoders with bundled weights, strategies and losses")
+
+    from .incremental.methods import list_methods
+
+    u = sub.add_parser("update", help="update a trained run with new images or new classes (a new run folder)")
+    u.add_argument("run", nargs="?", help="run folder to update (never modified)")
+    u.add_argument("new_data", nargs="?",
+                   help="data set whose dataset.yaml lists RUN's classes (same order), then any new ones")
+    u.add_argument("--method", default="auto",
+                   help=f"auto (default: chosen for the kind of update, reason printed) | {' | '.join(list_methods())}")
+    u.add_argument("--memory", type=int, default=None,
+                   help="replay samples stored with the new run (class-balanced; default 20, 0: no replay)")
+    u.add_argument("--old-data", help="RUN's original data, to replay from when RUN carries no memory")
+    u.add_argument("--val", help="data to score the update on (default: NEW_DATA's val split)")
+    u.add_argument("--out", help="parent folder of the new run (default: next to RUN)")
+    u.add_argument("--name", help="new run folder name (default RUN-uSTEP)")
+    u.add_argument("--epochs", type=int, help="epochs (default: a third of RUN's optimiser steps)")
+    u.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    u.add_argument("--lr", type=float, help="learning rate (default: RUN's)")
+    u.add_argument("--kd-weight", type=float, default=10.0, help="distillation weight of lwf / mib (default 10)")
+    u.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value of the step, e.g. --set data.batch_size=4 (repeatable)")
+    u.add_argument("--resume", metavar="NEW_RUN", help="continue an interrupted update")
+    u.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    h = sub.add_parser("history", help="the chain of updates behind a run, with old/new/all mIoU per step")
+    h.add_argument("run", help="run folder")
     return p
+
+
+def _cmd_update(a: argparse.Namespace) -> int:
+    from .incremental.update import DEFAULT_MEMORY, update
+
+    overrides: dict[str, Any] = {}
+    for flag, key in (("epochs", "train.epochs"), ("max_steps", "train.max_steps"), ("lr", "optim.lr")):
+        if getattr(a, flag) is not None:
+            overrides[key] = getattr(a, flag)
+    if a.no_progress:
+        overrides["train.progress"] = False
+    from .config import _split_override
+
+    for o in a.overrides:
+        k, v = _split_override(o)
+        overrides[k] = v
+    if a.resume:
+        run = update(resume=a.resume, progress=not a.no_progress)
+    else:
+        if not a.run or not a.new_data:
+            raise SegtuneError("update: give the run folder and the new data, e.g. `segtune update runs/unet-head new_data`")
+        run = update(a.run, a.new_data, method=a.method, memory=DEFAULT_MEMORY if a.memory is None else a.memory,
+                     old_data=a.old_data, val=a.val, out=a.out, name=a.name, overrides=overrides,
+                     kd_weight=a.kd_weight, progress=not a.no_progress)
+    if run.metrics:
+        print(f"val mIoU {run.metrics.get('miou', float('nan')):.4f}  ->  {run.dir}")
+    return 0
+
+
+def _cmd_history(a: argparse.Namespace) -> int:
+    from .incremental.report import format_history, history_rows, lineage_chain
+
+    chain = lineage_chain(Path(a.run))
+    bg = "background" if chain and chain[-1]["classes"][:1] == ["background"] else None
+    print(format_history(history_rows(chain, background=bg)))
+    return 0
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
@@ -230,6 +292,8 @@ _COMMANDS = {
     "predict": _cmd_predict,
     "demo": _cmd_demo,
     "models": _cmd_models,
+    "update": _cmd_update,
+    "history": _cmd_history,
 }
 
 

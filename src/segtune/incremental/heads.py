@@ -204,3 +204,30 @@ def grow_model_classes(model: nn.Module, num_new: int, init: str = "mib") -> lis
     if hasattr(model, "num_classes"):
         model.num_classes = int(model.num_classes) + num_new
     return names
+
+
+def add_background(model: nn.Module) -> list[str]:
+    """Prepend a background channel (index 0) to every class conv of ``model``, in place.
+
+    For a model trained without a background class, before its first class-incremental update:
+    the background is *synthetic* ("not one of this step's classes"). Its weights and bias start
+    at 0, the old class channels move to ``[1, C + 1)`` as exact copies, so their logits are
+    unchanged; ``model.num_classes`` grows by one.
+
+    Returns:
+        Qualified names of the replaced convs.
+    """
+    found = find_classifiers(model)
+    by_id = {id(m): nm for nm, m in model.named_modules()}
+    names = [by_id[id(conv)] for _, _, conv in found]
+    for parent, attr, conv in found:
+        grown = expand_classifier(conv, 1, "zeros")
+        with torch.no_grad():  # move the new (zero) channel to the front
+            order = [conv.out_channels, *range(conv.out_channels)]
+            grown.weight.copy_(grown.weight[order].clone())
+            if grown.bias is not None:
+                grown.bias.copy_(grown.bias[order].clone())
+        setattr(parent, attr, grown)
+    if hasattr(model, "num_classes"):
+        model.num_classes = int(model.num_classes) + 1
+    return names

@@ -85,8 +85,9 @@ def unbiased_cross_entropy(
 
     For a pixel labelled 0 the probability is ``sum_{k < num_old} softmax(z)_k``, i.e.
     ``log q~ = logsumexp(z[:num_old]) - logsumexp(z)``; for a pixel of a new class c the usual
-    ``log softmax(z)_c``. As in MiB's code, labels in ``[1, num_old)`` (old classes) are
-    treated as background.
+    ``log softmax(z)_c``. Labels of old classes ``[1, num_old)`` (replayed memory samples keep
+    theirs) get the usual ``log softmax(z)_c`` too; MiB's own code, which never sees old
+    labels, would count them as background.
 
     Reduction: the mean over **non-ignored** pixels (like ``F.cross_entropy``). MiB's training
     code instead takes ``.mean()`` over all pixels with ignored ones counting 0 (it trains void
@@ -95,7 +96,7 @@ def unbiased_cross_entropy(
     Args:
         logits: (N, C_t, H, W) new-model logits; channels ``[0, num_old)`` are background and
             old classes, ``[num_old, C_t)`` the new ones.
-        target: (N, H, W) int labels in ``{0} U [num_old, C_t) U {ignore_index}``.
+        target: (N, H, W) int labels in ``[0, C_t) U {ignore_index}``.
         num_old: number of old channels including background (``1 <= num_old < C_t``).
         ignore_index: label of pixels that do not count.
 
@@ -119,7 +120,6 @@ def unbiased_cross_entropy(
     log_bg = torch.logsumexp(z[:, :num_old], dim=1) - den
     valid = target != ignore_index
     t = torch.where(valid, target, torch.zeros_like(target)).long()
-    t = torch.where(t < num_old, torch.zeros_like(t), t)
     log_p = (z.gather(1, t.unsqueeze(1)).squeeze(1)) - den
     log_q = torch.where(t == 0, log_bg, log_p)
     return _masked_mean(-log_q, valid, logits)
@@ -229,7 +229,8 @@ def local_pod(
 ) -> Tensor:
     """PLOP's Local POD distillation over several feature maps.
 
-    Per map: the L2 norm (not squared) of ``pod_embedding(old) - pod_embedding(new)`` per image,
+    Per map (with the scales that fit its size; a 2x2 map uses 1 and 2): the L2 norm (not
+    squared) of ``pod_embedding(old) - pod_embedding(new)`` per image,
     averaged over the batch, times the map's factor. The maps' terms are summed and divided by
     the number of maps. PLOP's adaptive factor ``sqrt(|Y_t| / |C_t|)`` (class counts including
     background) is left to the caller (multiply the result). For the logits map, merge the new
@@ -256,7 +257,9 @@ def local_pod(
     for old, new, f in zip(old_feats, new_feats, factors, strict=True):
         if old.shape != new.shape:
             raise ValueError(f"old map {tuple(old.shape)} and new map {tuple(new.shape)} differ")
-        diff = pod_embedding(old.detach(), scales) - pod_embedding(new, scales)
+        h, w = new.shape[-2:]
+        fit = [s for s in scales if h // int(s) >= 1 and w // int(s) >= 1]  # small deep maps: coarser scales only
+        diff = pod_embedding(old.detach(), fit) - pod_embedding(new, fit)
         total = total + f * torch.linalg.vector_norm(diff, dim=1).mean()
     return total / len(old_feats)
 
