@@ -240,22 +240,46 @@ def check_data(
     spec = (
         spec_or_path if isinstance(spec_or_path, DatasetSpec) else load_dataset_spec(spec_or_path)
     )
-    C = spec.num_classes
-    ign = spec.ignore_index
-    problems: list[Problem] = []
-    pairs_out: dict[str, list[tuple[Path, Path]]] = {}
-    bad: set[Path] = set()
-    agg = _Agg()
-    class_px = np.zeros(C, dtype=np.int64)
-    ignore_px = 0
-    default_ignore_masks = 0  # masks holding the default (unstated) ignore value
-    sizes: dict[str, list[tuple[int, int]]] = {}
-    hashes: dict[str, list[tuple[str, Path]]] = {}
+    tally = _Tally(spec)
+    tasks = _collect_pairs(spec, strict, tally)
+    for sname, img, mask in progress_iter(tasks, "checking data", show=None if progress else False):
+        _check_pair(sname, img, mask, max_pixels, tally)
+    problems = tally.problems + tally.agg.problems() + _leakage(tally.hashes) + _summary_problems(spec, tally)
+    problems.sort(key=lambda p: p.level != "error")  # errors first (stable), warnings after
+    return DataReport(
+        spec=spec,
+        problems=problems,
+        pairs=tally.pairs,
+        class_pixels=tally.class_px,
+        ignore_pixels=int(tally.ignore_px),
+        size_stats={s: _size_stats(v) for s, v in tally.sizes.items()},
+        bad_files=tally.bad,
+        seconds=time.perf_counter() - t0,
+    )
 
+
+class _Tally:
+    """What one pass over the pairs accumulates (problems, usable pairs, class pixels, sizes)."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+        self.problems: list[Problem] = []
+        self.pairs: dict[str, list[tuple[Path, Path]]] = {}
+        self.bad: set[Path] = set()
+        self.agg = _Agg()
+        self.class_px = np.zeros(spec.num_classes, dtype=np.int64)
+        self.ignore_px = 0
+        self.default_ignore_masks = 0  # masks holding the default (unstated) ignore value
+        self.sizes: dict[str, list[tuple[int, int]]] = {}
+        self.hashes: dict[str, list[tuple[str, Path]]] = {}
+
+
+def _collect_pairs(spec: DatasetSpec, strict: bool, tally: _Tally) -> list[tuple[str, Path, Path | None]]:
+    """Every (split, image, mask or None) to check; pairing problems go to ``tally``."""
     tasks: list[tuple[str, Path, Path | None]] = []
     for sname, split in spec.splits.items():
-        pairs_out[sname] = []
-        sizes[sname] = []
+        tally.pairs[sname] = []
+        tally.sizes[sname] = []
         if split.masks is None:
             files, probs = list_files(split.images, "image")
             tasks += [(sname, f, None) for f in files]
@@ -265,110 +289,118 @@ def check_data(
         for p in probs:
             if strict and p.message in _ORPHAN_MESSAGES:
                 p.level = "error"
-            problems.append(p)
+            tally.problems.append(p)
+    return tasks
 
-    for sname, img, mask in progress_iter(tasks, "checking data", show=None if progress else False):
-        pair_ok = True
-        digest = _hash_file(img)
-        if digest is not None:
-            hashes.setdefault(digest, []).append((sname, img))
-        dimg = None
-        try:
-            dimg = _read_image(img, max_pixels)
-        except DecodeError as e:
-            problems.append(Problem(e.path, e.what, e.hint))
-            pair_ok = False
-        if dimg is not None:
-            h, w = dimg.array.shape[:2]
-            sizes[sname].append((w, h))
-            if min(w, h) < MIN_SIDE:
-                problems.append(
-                    Problem(
-                        str(img),
-                        f"tiny image ({w}x{h}, under {MIN_SIDE} px on a side)",
-                        "it will be padded with ignore pixels; check that it belongs to the data set",
-                        level="warning",
-                    )
-                )
-            for kind, msg in dimg.notes:
-                if kind not in _SKIP_NOTES:
-                    agg.add(sname, "img:" + kind, img, msg)
-        if mask is None:
-            if not pair_ok:
-                bad.add(img)
-            continue
 
-        dm = None
-        try:
-            dm = _read_mask(mask, spec, max_pixels)
-        except DecodeError as e:
-            problems.append(Problem(e.path, e.what, e.hint))
-            pair_ok = False
-        if dm is not None:
-            for kind, msg in dm.notes:
-                if kind not in _SKIP_NOTES:
-                    agg.add(sname, "mask:" + kind, mask, msg)
-            m = dm.array
-            if dimg is not None and m.shape != dimg.array.shape[:2]:
-                pair_ok = False
-                problems.append(_size_problem(img, mask, dimg, m))
-            vals, counts = _value_counts(m)
-            bad_vals = [
-                (int(v), int(n))
-                for v, n in zip(vals, counts, strict=True)
-                if not (0 <= v < C) and v != ign
-            ]
-            if bad_vals:
-                pair_ok = False
-                shown = ", ".join(f"{v} ({n} px)" for v, n in bad_vals[:8])
-                more = f" and {len(bad_vals) - 8} more" if len(bad_vals) > 8 else ""
-                problems.append(
-                    Problem(
-                        str(mask),
-                        f"mask values outside the {C} classes (0..{C - 1}) and not ignore_index {ign}: {shown}{more}",
-                        _values_hint(spec, [v for v, _ in bad_vals]),
-                    )
-                )
-            n_ign = int(counts[vals == ign].sum()) if counts.size else 0
-            if n_ign and not spec.ignore_index_explicit:
-                default_ignore_masks += 1
-            if m.size and n_ign == m.size:
-                problems.append(
-                    Problem(
-                        str(mask),
-                        f"every pixel is ignore_index {ign}: the mask has no labels",
-                        "label it or remove the pair; it contributes nothing to training",
-                        level="warning",
-                    )
-                )
-            if pair_ok and sname == "train":
-                ok_vals = (vals >= 0) & (vals < C)
-                np.add.at(class_px, vals[ok_vals], counts[ok_vals])
-                ignore_px += n_ign
-        if pair_ok:
-            pairs_out[sname].append((img, mask))
-        else:
-            bad.add(img)
+def _check_image(sname: str, img: Path, max_pixels: int, tally: _Tally) -> Any:
+    """Decode one image; its problems and notes go to ``tally``. Returns the decoded image or None."""
+    digest = _hash_file(img)
+    if digest is not None:
+        tally.hashes.setdefault(digest, []).append((sname, img))
+    try:
+        dimg = _read_image(img, max_pixels)
+    except DecodeError as e:
+        tally.problems.append(Problem(e.path, e.what, e.hint))
+        return None
+    h, w = dimg.array.shape[:2]
+    tally.sizes[sname].append((w, h))
+    if min(w, h) < MIN_SIDE:
+        tally.problems.append(
+            Problem(
+                str(img),
+                f"tiny image ({w}x{h}, under {MIN_SIDE} px on a side)",
+                "it will be padded with ignore pixels; check that it belongs to the data set",
+                level="warning",
+            )
+        )
+    for kind, msg in dimg.notes:
+        if kind not in _SKIP_NOTES:
+            tally.agg.add(sname, "img:" + kind, img, msg)
+    return dimg
 
-    problems += agg.problems()
-    problems += _leakage(hashes)
-    if default_ignore_masks and spec.yaml_path is not None:
-        problems.append(
+
+def _check_mask(sname: str, img: Path, mask: Path, dimg: Any, max_pixels: int, tally: _Tally) -> bool:
+    """Decode and check one mask against its image; True when the pair is usable."""
+    spec = tally.spec
+    C, ign = spec.num_classes, spec.ignore_index
+    try:
+        dm = _read_mask(mask, spec, max_pixels)
+    except DecodeError as e:
+        tally.problems.append(Problem(e.path, e.what, e.hint))
+        return False
+    ok = True
+    for kind, msg in dm.notes:
+        if kind not in _SKIP_NOTES:
+            tally.agg.add(sname, "mask:" + kind, mask, msg)
+    m = dm.array
+    if dimg is not None and m.shape != dimg.array.shape[:2]:
+        ok = False
+        tally.problems.append(_size_problem(img, mask, dimg, m))
+    vals, counts = _value_counts(m)
+    bad_vals = [(int(v), int(n)) for v, n in zip(vals, counts, strict=True) if not (0 <= v < C) and v != ign]
+    if bad_vals:
+        ok = False
+        shown = ", ".join(f"{v} ({n} px)" for v, n in bad_vals[:8])
+        more = f" and {len(bad_vals) - 8} more" if len(bad_vals) > 8 else ""
+        tally.problems.append(
+            Problem(
+                str(mask),
+                f"mask values outside the {C} classes (0..{C - 1}) and not ignore_index {ign}: {shown}{more}",
+                _values_hint(spec, [v for v, _ in bad_vals]),
+            )
+        )
+    n_ign = int(counts[vals == ign].sum()) if counts.size else 0
+    if n_ign and not spec.ignore_index_explicit:
+        tally.default_ignore_masks += 1
+    if m.size and n_ign == m.size:
+        tally.problems.append(
+            Problem(
+                str(mask),
+                f"every pixel is ignore_index {ign}: the mask has no labels",
+                "label it or remove the pair; it contributes nothing to training",
+                level="warning",
+            )
+        )
+    if ok and dimg is not None and sname == "train":
+        ok_vals = (vals >= 0) & (vals < C)
+        np.add.at(tally.class_px, vals[ok_vals], counts[ok_vals])
+        tally.ignore_px += n_ign
+    return ok
+
+
+def _check_pair(sname: str, img: Path, mask: Path | None, max_pixels: int, tally: _Tally) -> None:
+    dimg = _check_image(sname, img, max_pixels, tally)
+    ok = dimg is not None
+    if mask is not None:
+        ok = _check_mask(sname, img, mask, dimg, max_pixels, tally) and ok
+        if ok:
+            tally.pairs[sname].append((img, mask))
+    if not ok:
+        tally.bad.add(img)
+
+
+def _summary_problems(spec: DatasetSpec, tally: _Tally) -> list[Problem]:
+    """Data-set-level warnings: the default ignore value in use, classes absent from training."""
+    out: list[Problem] = []
+    C, ign = spec.num_classes, spec.ignore_index
+    if tally.default_ignore_masks and spec.yaml_path is not None:
+        out.append(
             Problem(
                 spec.source,
-                f"{default_ignore_masks} mask(s) hold {ign}, read as ignore_index {ign} (the default; "
+                f"{tally.default_ignore_masks} mask(s) hold {ign}, read as ignore_index {ign} (the default; "
                 "dataset.yaml does not set ignore_index): those pixels count in no loss or metric",
                 f"write ignore_index: {ign} to confirm, or list the class in classes: and set "
                 "ignore_index to an unused value if it is a class",
                 level="warning",
             )
         )
-    if pairs_out.get("train"):
-        for c in np.nonzero(class_px == 0)[0]:
+    if tally.pairs.get("train"):
+        for c in np.nonzero(tally.class_px == 0)[0]:
             hint = "metrics will exclude it as absent; check classes: in dataset.yaml or the masks"
             if C == 2 and ign == 255 and spec.ignore_index_explicit:
                 hint += " (if 255 marks the foreground, set mask_format: binary)"
-            problems.append(
+            out.append(
                 Problem(
                     spec.source,
                     f"class {int(c)} '{spec.classes[c]}' never occurs in the train masks",
@@ -376,20 +408,7 @@ def check_data(
                     level="warning",
                 )
             )
-
-    size_stats = {s: _size_stats(v) for s, v in sizes.items()}
-    # Errors first (stable), warnings after.
-    problems.sort(key=lambda p: p.level != "error")
-    return DataReport(
-        spec=spec,
-        problems=problems,
-        pairs=pairs_out,
-        class_pixels=class_px,
-        ignore_pixels=int(ignore_px),
-        size_stats=size_stats,
-        bad_files=bad,
-        seconds=time.perf_counter() - t0,
-    )
+    return out
 
 
 def _size_problem(img: Path, mask: Path, dimg: Any, m: np.ndarray) -> Problem:
