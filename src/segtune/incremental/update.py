@@ -345,8 +345,6 @@ def update(
     Raises:
         SegtuneError: one-line errors for bad input (nothing written).
     """
-    from ..data import load_dataset_spec
-    from ..engine.run import free_run_name, new_run_dir
     from ..engine.train import train
 
     if resume is not None:
@@ -356,6 +354,43 @@ def update(
     t0 = time.perf_counter()
     parent = _load_parent(run)
     overrides = _override_dict(overrides)
+    inputs = _check_inputs(parent, new_data, val, old_data, overrides, memory, progress)
+    if method == "auto":
+        method, why = choose_method(inputs.kind)
+        _log.info(f"method auto -> {method}: {why}")
+    plan = _plan_step(parent, inputs, method, memory, kd_weight, pod_weight)
+    run_dir = _new_step_folder(parent, out, name)
+    try:
+        cfg = _write_step(run_dir, parent, plan, inputs, Path(out) if out is not None else parent.dir.parent, overrides)
+        return train(cfg, plan=_train_plan(parent, plan, t0, progress), callbacks=callbacks)
+    except SegtuneError:
+        if not (run_dir / "checkpoints").exists():  # refused before training: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+@dataclass
+class _Inputs:
+    """The checked inputs of an update."""
+
+    kind: str
+    added: list[str]
+    new_spec: Any
+    new_pairs: dict[str, list]
+    val_spec: Any
+    val_pairs: list
+    old_spec: Any | None
+    old_pairs: list | None
+    new_data: Path
+    val: Path | None
+    old_data: Path | None
+
+
+def _check_inputs(parent: _Parent, new_data: str | Path, val: str | Path | None, old_data: str | Path | None,
+                  overrides: dict[str, Any], memory: int, progress: bool) -> _Inputs:
+    """Every refusal that needs no writing: architecture overrides, class lists, bad or empty data."""
+    from ..data import load_dataset_spec
+
     for key in ("model.arch", "model.encoder", "model.weights"):
         if key in overrides and str(overrides[key]) != str(_get(parent.cfg, key)):
             raise ConfigError(
@@ -365,7 +400,7 @@ def update(
     if int(memory) < 0:
         raise ConfigError(f"--memory {memory}: must be >= 0 (0 turns replay off)")
     new_spec = load_dataset_spec(new_data)
-    kind, added = _kind(parent, list(new_spec.classes), str(new_spec.source if hasattr(new_spec, "source") else new_data))
+    kind, added = _kind(parent, list(new_spec.classes), str(getattr(new_spec, "source", new_data)))
     new_pairs = _checked_pairs(new_spec, "the new data", progress)
     if val is not None:
         val_spec = load_dataset_spec(val)
@@ -373,8 +408,7 @@ def update(
         vp = _checked_pairs(val_spec, "the val data", progress)
         val_pairs = vp.get("val") or vp.get("train") or []
     else:
-        val_spec = new_spec
-        val_pairs = new_pairs.get("val") or []
+        val_spec, val_pairs = new_spec, new_pairs.get("val") or []
         if not val_pairs:
             raise DataError(
                 f"{new_data}: no val split to score the update on (add a val split with labels of "
@@ -385,51 +419,57 @@ def update(
         old_spec = load_dataset_spec(old_data)
         _kind(parent, list(old_spec.classes), str(old_data))
         old_pairs = _checked_pairs(old_spec, "the old data", progress).get("train")
-    if method == "auto":
-        method, why = choose_method(kind)
-        _log.info(f"method auto -> {method}: {why}")
-    # an unknown method or one that does not fit this kind of update fails before anything is written
-    synthetic = kind == "class" and parent.background is None
-    classes = ([BACKGROUND] if synthetic else []) + parent.classes + added
-    step = Step(kind, len(classes) - len(added), len(classes), _IGNORE)
-    build_method(method, step, kd_weight, pod_weight)
-    if len(classes) >= _IGNORE:
-        raise DataError(f"{new_data}: {len(classes)} classes; incremental updates support up to 254")
+    return _Inputs(kind, added, new_spec, new_pairs, val_spec, val_pairs, old_spec, old_pairs,
+                   Path(new_data).resolve(), Path(val).resolve() if val is not None else None,
+                   Path(old_data).resolve() if old_data is not None else None)
 
-    out = Path(out) if out is not None else parent.dir.parent
-    name = name or free_run_name(out, f"{parent.dir.name}-u{parent.step + 1}")
-    run_dir = new_run_dir(out, name)
-    plan = _StepPlan(
-        kind=kind, classes=classes, added=added,
+
+def _plan_step(parent: _Parent, inputs: _Inputs, method: str, memory: int, kd_weight: float,
+               pod_weight: float) -> _StepPlan:
+    """The new model's classes and the step's settings; an unknown method, or one that does not
+    fit this kind of update, is refused here (before anything is written)."""
+    synthetic = inputs.kind == "class" and parent.background is None
+    classes = ([BACKGROUND] if synthetic else []) + parent.classes + inputs.added
+    if len(classes) >= _IGNORE:
+        raise DataError(f"{inputs.new_data}: {len(classes)} classes; incremental updates support up to 254")
+    build_method(method, Step(inputs.kind, len(classes) - len(inputs.added), len(classes), _IGNORE),
+                 kd_weight, pod_weight)
+    return _StepPlan(
+        kind=inputs.kind, classes=classes, added=inputs.added,
         background="synthetic" if synthetic else parent.background,
         offset=1 if (synthetic or parent.background == "synthetic") else 0,
-        method=method, memory=int(memory), seed=int(parent.cfg.train.seed), new_data=str(Path(new_data).resolve()),
-        val_data=str(Path(val).resolve()) if val is not None else None,
-        old_data=str(Path(old_data).resolve()) if old_data is not None else None,
+        method=method, memory=int(memory), seed=int(parent.cfg.train.seed), new_data=str(inputs.new_data),
+        val_data=str(inputs.val) if inputs.val else None, old_data=str(inputs.old_data) if inputs.old_data else None,
         kd_weight=float(kd_weight), pod_weight=float(pod_weight), parent=str(parent.dir),
-        parent_step=parent.step, data_fingerprint=_fingerprint(new_pairs["train"]),
+        parent_step=parent.step, data_fingerprint=_fingerprint(inputs.new_pairs["train"]),
     )
-    try:
-        from .memory import memory_hash
 
-        pool = _memory_pool(parent, plan, old_spec, old_pairs)
-        plan.memory_sha256 = memory_hash(parent.dir)
-        plan.counts = {"new_train": len(new_pairs["train"]), "memory": len(pool), "val": len(val_pairs)}
-        data_root = _prepare_step_data(run_dir, parent, plan, new_spec, new_pairs, val_spec, val_pairs, pool)
-        atomic_write_yaml(run_dir / UPDATE_FILE, asdict(plan))
-        cfg = _step_config(parent, plan, data_root, out, name, overrides)
-        _log.info(
-            f"update {parent.dir.name} -> {run_dir}: {kind}-incremental"
-            + (f" (+{', '.join(added)})" if added else "")
-            + f", method {method}, {plan.counts['new_train']} new + {plan.counts['memory']} replayed training images, "
-            f"{plan.counts['val']} val images"
-        )
-        result = train(cfg, plan=_train_plan(parent, plan, t0, progress), callbacks=callbacks)
-    except SegtuneError:
-        if not (run_dir / "checkpoints").exists():  # refused before training: leave nothing behind
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    return result
+
+def _new_step_folder(parent: _Parent, out: str | Path | None, name: str | None) -> Path:
+    from ..engine.run import free_run_name, new_run_dir
+
+    out = Path(out) if out is not None else parent.dir.parent
+    return new_run_dir(out, name or free_run_name(out, f"{parent.dir.name}-u{parent.step + 1}"))
+
+
+def _write_step(run_dir: Path, parent: _Parent, plan: _StepPlan, inputs: _Inputs, out: Path,
+                overrides: dict[str, Any]) -> Config:
+    """Replay pool, step data, update.yaml; returns the step's config."""
+    from .memory import memory_hash
+
+    pool = _memory_pool(parent, plan, inputs.old_spec, inputs.old_pairs)
+    plan.memory_sha256 = memory_hash(parent.dir)
+    plan.counts = {"new_train": len(inputs.new_pairs["train"]), "memory": len(pool), "val": len(inputs.val_pairs)}
+    data_root = _prepare_step_data(run_dir, parent, plan, inputs.new_spec, inputs.new_pairs, inputs.val_spec,
+                                   inputs.val_pairs, pool)
+    atomic_write_yaml(run_dir / UPDATE_FILE, asdict(plan))
+    _log.info(
+        f"update {parent.dir.name} -> {run_dir}: {plan.kind}-incremental"
+        + (f" (+{', '.join(plan.added)}; old classes appear only in replayed samples)" if plan.added else "")
+        + f", method {plan.method}, {plan.counts['new_train']} new + {plan.counts['memory']} replayed training "
+        f"images, {plan.counts['val']} val images"
+    )
+    return _step_config(parent, plan, data_root, out, run_dir.name, overrides)
 
 
 def _override_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
