@@ -221,3 +221,15 @@ def test_interrupted_update_resumes(base: Path, tmp_path: Path) -> None:
     run = segtune.update(resume=cut)
     assert (run.dir / "model.yaml").is_file() and (run.dir / "memory.json").is_file()
     assert yaml.safe_load((run.dir / "model.yaml").read_text())["lineage"]["step"] == 1
+
+
+def test_evaluate_scores_a_synthetic_background_model_on_the_original_classes(tmp_path: Path) -> None:
+    base = _train_base(tmp_path, ["dark", "square"], name="nobg2")
+    new = make_shapes(tmp_path / "new", ["dark", "square", "disk"], seed=7)
+    run = segtune.update(base, new, method="ft", memory=0, out=tmp_path / "runs",
+                         overrides={**FAST, "train.max_steps": 2})
+    m = segtune.evaluate(run.dir, new, out=tmp_path / "eval")
+    names = [c["name"] for c in m["per_class"]]
+    assert names == ["background", "dark", "square", "disk"]
+    assert m["per_class"][0]["iou"] is None  # no ground truth and never predicted: left out of the mean
+    assert all(c["iou"] is not None for c in m["per_class"][1:])

@@ -102,7 +102,10 @@ def evaluate(
 
     model, meta = load_model(run)
     spec = load_dataset_spec(data)
-    if spec.num_classes != int(meta["model"]["num_classes"]):
+    # an incremental model with a synthetic background (index 0) scores data that lists the
+    # other classes: labels move up by one, background is never predicted (inference.suppress)
+    shift = int(meta.get("background") == "synthetic" and list(spec.classes) == list(meta.get("classes", []))[1:])
+    if spec.num_classes + shift != int(meta["model"]["num_classes"]):
         raise DataError(
             f"{data}: data set has {spec.num_classes} classes but the model in {run} was trained for "
             f"{meta['model']['num_classes']} ({', '.join(meta.get('classes', []))}); evaluate on data with the same classes"
@@ -117,14 +120,19 @@ def evaluate(
         _log.warn(str(p))
     mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
     ds = SegDataset(pairs, spec, eval_transforms(mean, std, spec.ignore_index), cache=False)
-    loader = DataLoader(
-        ds, batch_size=batch_size, shuffle=False,
-        collate_fn=lambda b: pad_collate(b, spec.ignore_index),
-    )
+    def collate(batch: list) -> dict[str, Any]:
+        out = pad_collate(batch, spec.ignore_index)
+        if shift:
+            m = out["mask"]
+            out["mask"] = torch.where(m == spec.ignore_index, m, m + shift)
+        return out
+
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     suppress = (meta.get("inference") or {}).get("suppress", [])
-    metrics = evaluate_model(model, loader, spec.num_classes, spec.ignore_index, list(spec.classes), device,
+    names = list(meta["classes"]) if shift else list(spec.classes)
+    metrics = evaluate_model(model, loader, spec.num_classes + shift, spec.ignore_index, names, device,
                              progress, suppress=suppress)
     out_dir = Path(out) if out else Path(run) / f"eval-{split}"
     write_evaluation(out_dir, metrics, summary={"run": str(run), "data": str(data), "split": split, "images": len(pairs)})
