@@ -153,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any config value of the step, e.g. --set data.batch_size=4 (repeatable)")
     u.add_argument("--resume", metavar="NEW_RUN", help="continue an interrupted update")
     u.add_argument("--no-progress", action="store_true", help="no progress bars")
+    u.add_argument("--watch", metavar="DIR",
+                   help="online updates: watch DIR (dataset.yaml + images/ + masks/) and update each time "
+                        "--every new labelled pairs arrived; a new model becomes OUT/current only when it "
+                        "passes the guard (give RUN, not NEW_DATA)")
+    u.add_argument("--every", type=int, default=10, metavar="N", help="--watch: new pairs per update (default 10)")
+    u.add_argument("--guard", metavar="DATA",
+                   help="--watch: data set whose val split scores every model (default: RUN's val data)")
+    u.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="--watch: promote a model whose old-class mIoU on the guard drops by at most this "
+                        "many points (default 1.0)")
+    u.add_argument("--poll", type=float, default=10.0, metavar="SECONDS",
+                   help="--watch: seconds between looks at DIR (default 10)")
+    u.add_argument("--max-updates", type=int, metavar="N", help="--watch: stop after deciding on N updates")
 
     h = sub.add_parser("history", help="the chain of updates behind a run, with old/new/all mIoU per step")
     h.add_argument("run", help="run folder")
@@ -173,6 +186,25 @@ def _cmd_update(a: argparse.Namespace) -> int:
     for o in a.overrides:
         k, v = _split_override(o)
         overrides[k] = v
+    if a.watch:  # online updates
+        from .engine.resume import Interrupted
+        from .incremental.watch import watch
+
+        if a.new_data or a.resume or not a.run:
+            raise SegtuneError("update --watch DIR: give the run folder only (new pairs arrive in DIR), e.g. "
+                               "`segtune update runs/unet-head --watch incoming`, not NEW_DATA or --resume too")
+        for flag in ("val", "name"):
+            if getattr(a, flag) is not None:
+                raise SegtuneError(f"update --watch: --{flag} does not apply (the guard data, --guard, scores "
+                                   "every update; runs are named RUN-wNNNN)")
+        try:
+            watch(a.run, a.watch, a.every, guard=a.guard, max_drop=a.max_drop, method=a.method,
+                  memory=DEFAULT_MEMORY if a.memory is None else a.memory, old_data=a.old_data,
+                  kd_weight=a.kd_weight, out=a.out, poll_seconds=a.poll, max_updates=a.max_updates,
+                  overrides=overrides, progress=not a.no_progress)
+        except (KeyboardInterrupt, Interrupted):  # the watcher printed where it stopped
+            pass
+        return 0
     if a.resume:
         run = update(resume=a.resume, progress=not a.no_progress)
     else:

@@ -494,6 +494,7 @@ def _get(cfg: Config, dotted: str) -> Any:
 def _step_config(parent: _Parent, plan: _StepPlan, data_root: Path, out: Path, name: str,
                  overrides: dict[str, Any]) -> Config:
     """The parent's config, pointed at the step data, with the update's budget and strategy."""
+    from ..strategies import STRATEGY_REGISTRY
     from ..strategies.auto import steps_per_epoch
 
     cfg = Config.from_dict(parent.cfg.to_dict())
@@ -506,7 +507,7 @@ def _step_config(parent: _Parent, plan: _StepPlan, data_root: Path, out: Path, n
     forced = METHOD_REGISTRY.get(plan.method).strategy
     if forced:
         cfg.strategy.name = forced
-    elif cfg.strategy.name == "scratch":
+    elif not STRATEGY_REGISTRY.get(cfg.strategy.name).pretrained:
         cfg.strategy.name = "full"  # the update starts from the parent's weights, not random ones
     n_train = plan.counts.get("new_train", 0) + plan.counts.get("memory", 0)
     # default budget: a third of the parent's optimiser steps (at least 50), in whole epochs
