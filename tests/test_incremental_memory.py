@@ -10,9 +10,7 @@ import pytest
 from PIL import Image
 
 from segtune.data.decode import read_mask
-from segtune.data.spec import DatasetSpec
-from segtune.errors import RunError
-from segtune.incremental.memory import (
+from segtune.data.memory import (
     MEMORY_DIR,
     MEMORY_FILE,
     MemoryItem,
@@ -23,6 +21,8 @@ from segtune.incremental.memory import (
     select_balanced,
     write_memory,
 )
+from segtune.data.spec import DatasetSpec
+from segtune.errors import RunError
 
 # 6 samples, classes 0..4 (0 = background); class 4 is rare (sample 5 only), sample 3 is
 # background only, class 3 occurs in sample 2 only.

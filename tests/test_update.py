@@ -20,7 +20,7 @@ from PIL import Image
 
 import segtune
 from segtune.cli import main
-from segtune.incremental.memory import load_memory
+from segtune.data.memory import load_memory
 
 FAST = {"train.progress": False, "train.num_overlays": 0, "train.early_stopping": 0}
 
@@ -89,11 +89,16 @@ def test_class_incremental_update_then_data_update_and_history(base: Path, tmp_p
     run = segtune.update(base, new, method="mib", memory=4, out=tmp_path / "runs",
                          overrides={**FAST, "train.max_steps": 4})
     assert _tree_hash(base) == before  # the parent run is never modified
+    base_items, _ = load_memory(base)  # a plain training run stores a small replay memory ...
+    assert len(base_items) == 6 and all(it.classes == [0, 1] for it in base_items)
     meta = yaml.safe_load((run.dir / "model.yaml").read_text())
     assert meta["classes"] == ["background", "square", "disk"] and meta["model"]["num_classes"] == 3
     lin = meta["lineage"]
     assert lin["parent"] == str(base.resolve()) and lin["step"] == 1 and lin["kind"] == "class"
     assert lin["classes_added"] == ["disk"] and lin["method"] == "mib" and lin["data_fingerprint"]
+    assert lin["memory_replayed"] == 6  # ... which the first update replays, old labels kept
+    mem_masks = [np.array(Image.open(p)) for p in sorted((run.dir / "step_data" / "train" / "masks").glob("mem_*"))]
+    assert len(mem_masks) == 6 and all(1 in np.unique(m) for m in mem_masks)
     assert meta["background"] == "natural" and "inference" not in meta  # a real background is predicted
     # the step's labels: squares (an old class) became background in the new images' masks
     step = run.dir / "step_data"

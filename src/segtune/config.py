@@ -206,6 +206,9 @@ class TrainConfig:
         name: run folder name (default: ``<arch>-<strategy>``, numbered if taken).
         overwrite: allow replacing an existing run folder of the same name.
         num_overlays: validation images written as input | truth | prediction PNGs.
+        memory: training samples stored with the run (``memory/``, class-balanced) for a later
+            ``segtune update`` to replay, so an update can remember the old data even when it is
+            gone; 0 stores none.
         progress: show a progress bar.
         deterministic: ask torch for deterministic algorithms.
         checkpoint_every: optimiser steps between mid-epoch saves of ``checkpoints/last.ckpt``
@@ -238,6 +241,7 @@ class TrainConfig:
     name: str | None = None
     overwrite: bool = False
     num_overlays: int = 4
+    memory: int = 20
     progress: bool = True
     deterministic: bool = True
     checkpoint_every: int = 0
@@ -321,6 +325,7 @@ class Config:
         if self.train.max_steps is not None:
             _positive("train.max_steps", self.train.max_steps)
         _nonneg("train.early_stopping", self.train.early_stopping)
+        _nonneg("train.memory", self.train.memory)
         _positive("train.val_every", self.train.val_every)
         _nonneg("train.checkpoint_every", self.train.checkpoint_every)
         _positive("train.devices", self.train.devices)

@@ -11,6 +11,8 @@ Layout of ``<out>/<name>/``::
     per_class_iou.png   per-class IoU bars
     val_overlays/       input | ground truth | prediction for a few validation images
     checkpoints/        last.ckpt and best.ckpt (Lightning, for --resume)
+    memory/, memory.json  a few class-balanced training samples for `segtune update` to replay
+                          (``train.memory``, default 20)
 """
 
 from __future__ import annotations

@@ -542,6 +542,13 @@ def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks,
     write_evaluation(run_dir, metrics, summary=summary)
     if plan.finalize is not None:
         plan.finalize(run_dir, model, metrics, summary)
+    else:  # a plain run keeps a small replay memory for a later `segtune update`
+        from ..data.memory import store_training_memory
+
+        info = store_training_memory(run_dir, dm.train_pairs, spec, cfg.train.memory, cfg.train.seed)
+        if info:
+            _log.info(f"replay memory: {info['size']} training samples stored in {run_dir / 'memory'} "
+                      "(class-balanced; for `segtune update`)")
     _write_overlays(run_dir, model, meta, dm.val_pairs[: cfg.train.num_overlays], spec)
     cbs.history.write()
     _log.info(

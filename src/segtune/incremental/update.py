@@ -274,7 +274,7 @@ def _memory_pool(parent: _Parent, plan: _StepPlan, old_spec: Any | None,
                  old_pairs: list | None) -> list[tuple[Path, np.ndarray]]:
     """Replay samples for this step, in the step's labels (old classes keep theirs)."""
     from ..data import read_mask
-    from .memory import load_memory, memory_pairs
+    from ..data.memory import load_memory, memory_pairs
 
     if plan.memory <= 0:
         return []
@@ -292,7 +292,7 @@ def _memory_pool(parent: _Parent, plan: _StepPlan, old_spec: Any | None,
         lut, _ = _lut(len(old_spec.classes), old_spec.ignore_index,
                       {d: d + plan.offset for d in range(len(old_spec.classes))})
         presence, arrays = [], []
-        from .memory import class_presence, select_balanced
+        from ..data.memory import class_presence, select_balanced
 
         for img, mask in old_pairs:
             m = _remap(read_mask(mask, old_spec), lut).astype(np.int64)
@@ -455,7 +455,7 @@ def _new_step_folder(parent: _Parent, out: str | Path | None, name: str | None) 
 def _write_step(run_dir: Path, parent: _Parent, plan: _StepPlan, inputs: _Inputs, out: Path,
                 overrides: dict[str, Any]) -> Config:
     """Replay pool, step data, update.yaml; returns the step's config."""
-    from .memory import memory_hash
+    from ..data.memory import memory_hash
 
     pool = _memory_pool(parent, plan, inputs.old_spec, inputs.old_pairs)
     plan.memory_sha256 = memory_hash(parent.dir)
@@ -573,7 +573,7 @@ def _train_plan(parent: _Parent, plan: _StepPlan, t0: float, progress: bool) -> 
 def _store_memory(run_dir: Path, parent: _Parent, plan: _StepPlan) -> None:
     """Choose the next memory (class-balanced) from this step's pool, with full labels."""
     from ..data import load_dataset_spec, read_mask
-    from .memory import class_presence, select_balanced, write_memory
+    from ..data.memory import class_presence, select_balanced, write_memory
 
     if plan.memory <= 0:
         return

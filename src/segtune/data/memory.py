@@ -43,6 +43,7 @@ __all__ = [
     "MEMORY_DIR",
     "MEMORY_FILE",
     "MEMORY_FORMAT",
+    "MEMORY_IGNORE",
     "MemoryItem",
     "class_presence",
     "select_balanced",
@@ -50,11 +51,14 @@ __all__ = [
     "load_memory",
     "memory_pairs",
     "memory_hash",
+    "store_training_memory",
 ]
 
 MEMORY_DIR = "memory"
 MEMORY_FILE = "memory.json"
 MEMORY_FORMAT = 1
+#: label of unlabelled pixels in every memory mask.
+MEMORY_IGNORE = 255
 
 _IMAGES = "images"
 _MASKS = "masks"
@@ -468,3 +472,31 @@ def memory_hash(run_dir: Path) -> str | None:
     if not isinstance(value, str):
         raise RunError(f"{Path(run_dir) / MEMORY_FILE}: replay memory index has no sha256 ({_FIX})")
     return value
+
+
+def store_training_memory(
+    run_dir: Path, pairs: Sequence[tuple[Path, Path]], spec: Any, size: int, seed: int
+) -> dict[str, Any] | None:
+    """Choose ``size`` class-balanced pairs of a run's training data and store them with the run.
+
+    Masks are decoded with ``spec`` and stored in the run's labels with ignore as 255 (as every
+    memory). A class 0 named ``background`` is not a class to balance.
+
+    Returns:
+        The memory.json contents, or ``None`` when ``size`` is 0 or there are no pairs.
+    """
+    from .decode import read_mask
+
+    if size <= 0 or not pairs or spec.num_classes >= MEMORY_IGNORE:
+        return None
+    arrays: list[tuple[Path, np.ndarray]] = []
+    presence: list[dict[int, int]] = []
+    for img, mask in pairs:
+        m = read_mask(mask, spec)
+        m = np.where((m >= 0) & (m < spec.num_classes), m, MEMORY_IGNORE).astype(np.int64)
+        arrays.append((Path(img), m))
+        presence.append(class_presence(m, spec.num_classes, MEMORY_IGNORE))
+    exclude = (0,) if str(spec.classes[0]).lower() == "background" else ()
+    chosen = select_balanced(presence, size, seed, exclude=exclude)
+    return write_memory(Path(run_dir), arrays, presence, chosen,
+                        {"classes": list(spec.classes), "ignore_index": MEMORY_IGNORE, "seed": int(seed)})
