@@ -42,7 +42,7 @@ Evaluation: full validation images, padded bottom/right to a multiple of 32 (mas
 ``ignore_index``), scored with segtune's confusion matrix (macro mIoU over present classes), the
 same rule every segtune run is scored with.
 
-Used by ``benchmarks/transfer_curve.py``; runnable alone for a quick look::
+Used by ``benchmarks/transfer_curve.py`` and ``benchmarks/fair_compare.py``; runnable alone for a quick look::
 
     python benchmarks/bare_loop.py DATA_DIR --loss ce --steps 20 --max-train 23
 """

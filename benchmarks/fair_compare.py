@@ -238,6 +238,14 @@ def pick(rows: list[dict[str, Any]], plan: dict[str, list[int]]) -> dict[str, An
 
 
 # --------------------------------------------------------------------------- report
+def plan_cells(doc: dict[str, Any]) -> list[list[Any]]:
+    """``[size, seed, contender]`` of every planned scoring run (older JSONs: sizes x seeds x contenders)."""
+    plan = doc.get("plan") or {}
+    if "cells" in plan:
+        return [list(c) for c in plan["cells"]]
+    return [[n, s, c] for n in plan.get("sizes", []) for s in plan.get("seeds", []) for c in plan.get("contenders", [])]
+
+
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
 
@@ -256,7 +264,7 @@ def paired(rows: list[dict[str, Any]], a: str, b: str, size: int | None) -> list
     return out
 
 
-def verdict(diffs: list[float]) -> str:
+def verdict(diffs: list[float], a: str = "the first", b: str = "the second") -> str:
     """A sentence from the paired differences: mean, 95% t interval, and what it supports."""
     n = len(diffs)
     m = statistics.fmean(diffs)
@@ -269,9 +277,9 @@ def verdict(diffs: list[float]) -> str:
     if lo <= 0 <= hi:
         what = "no difference detectable at this noise (the interval includes 0)"
     elif m > 0:
-        what = "the first is ahead"
+        what = f"`{a}` ahead of `{b}`" if a != "the first" else "the first is ahead"
     else:
-        what = "the first is behind"
+        what = f"`{b}` ahead of `{a}`" if a != "the first" else "the first is behind"
     return (f"{100 * m:+.1f} points (95% t interval {lo:+.1f} to {hi:+.1f}; {pos} of {n} pairs positive): {what}")
 
 
@@ -322,7 +330,11 @@ def section(doc: dict[str, Any]) -> str:
         f"Machine: {tc.describe_machine(meta['machine'])}; 1-min load average at run starts: median "
         f"{loads[len(loads) // 2] if loads else float('nan'):.1f}, max {loads[-1] if loads else float('nan'):.1f}"
         + (" (the cores were shared with other jobs, so wall times are upper bounds)" if loads and loads[-1] > 0.5 else "")
-        + f". segtune imported from: {meta.get('segtune_source', 'not recorded')}.", "",
+        + f". segtune imported from: {meta.get('segtune_source', 'not recorded')}"
+        + (" (the commands above ran with `PYTHONPATH` pointing at that snapshot, taken with "
+           "`git archive <commit> src | tar -x -C DIR` while src/ was being refactored; the snapshot's "
+           "commit is also recorded in the JSON)" if "snapshot" in meta.get("segtune_source", "") else "")
+        + ".", "",
         f"Profile: CamVid images and masks downscaled x{p['scale']:g} (240x180), every run {p['steps']} optimiser "
         f"steps at batch {p['batch']}, random crop {p['crop']} + flip, no validation during training, the final "
         "weights scored; mIoU in % (macro over present classes, segtune's confusion matrix for every contender).",
@@ -347,6 +359,11 @@ def section(doc: dict[str, Any]) -> str:
             mean = f"**{100 * d['mean']:.1f}**" if name == best else f"{100 * d['mean']:.1f}"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
         lines.append("")
+        extra = [r for r in rows if r["stage"] == "select" and doc.get("selection_plan")
+                 and (r["size"] not in doc["selection_plan"]["sizes"] or r["seed"] not in doc["selection_plan"]["seeds"])]
+        if extra:
+            lines += [f"({len(extra)} selection run(s) outside this plan, from a grid that was cut for time, stay in "
+                      "the JSON and were not used for the choice.)", ""]
         if sel:
             cur = doc.get("current_default", {})
             same = cur and cur.get("lr") == sel["lr"] and cur.get("class_weights") == sel["class_weights"]
@@ -407,7 +424,7 @@ def section(doc: dict[str, Any]) -> str:
             alld = [x for _, _, x in paired(rows, a, b, None)]
             cells.append(f"{100 * statistics.fmean(alld):+.1f}" + (f" ± {100 * statistics.stdev(alld):.1f}" if len(alld) > 1 else ""))
             lines.append(f"| {name}: `{a}` - `{b}` | {what} | " + " | ".join(cells) + " |")
-            found.append((name, verdict(alld) + f" (`{a}` - `{b}`, {len(alld)} pairs)"))
+            found.append((name, verdict(alld, a, b) + f" (`{a}` - `{b}`, {len(alld)} pairs)"))
         lines += ["", f"Reading the pairs (95% t interval over all pairs, sizes {', '.join(map(str, sizes))}; with "
                   "this few seeds an interval that includes 0 means no detectable difference, not proof of "
                   "equality):", ""]
@@ -421,13 +438,14 @@ def section(doc: dict[str, Any]) -> str:
                 means = [(name, statistics.fmean(x for n, sd, x in paired(rows, a, b, None) if (n, sd) in keys))
                          for name, a, b in parts]
                 total = sum(m for _, m in means)
-                lines += ["", f"**Where the gain over the user loop comes from** (same {len(keys)} size/seed pairs; "
+                lines += ["", f"**Where the gain over the user loop comes from** ({len(keys)} size/seed pairs, "
+                          f"{', '.join(f'{n} images' for n in sorted({n for n, _ in keys}))}, where all four "
+                          "contenders ran; "
                           "the three steps add up exactly): `segtune-head` - `user-full` = "
                           f"{100 * total:+.1f} points = "
                           + " + ".join(f"{name} {100 * m:+.1f}" for name, m in means) + "."]
-        plan = doc.get("plan", {"sizes": [], "seeds": [], "contenders": []})
-        missing = [(n, s, c) for n in plan["sizes"] for s in plan["seeds"] for c in plan["contenders"]
-                   if not any(r["stage"] == "eval" and (r["size"], r["seed"], r["contender"]) == (n, s, c) for r in ev)]
+        have = {(r["size"], r["seed"], r["contender"]) for r in ev}
+        missing = [tuple(c) for c in plan_cells(doc) if tuple(c) not in have]
         if missing:
             lines += ["", f"**Incomplete:** {len(missing)} planned run(s) missing (e.g. {missing[0][2]} at "
                       f"{missing[0][0]} images, seed {missing[0][1]}); resume with "
@@ -545,8 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             contenders = list(a.contenders)
             if (sel["lr"], sel["class_weights"]) != (lr0, cw0) and "segtune-head-current" not in contenders:
                 contenders.append("segtune-head-current")
-            doc["plan"] = {"sizes": a.sizes, "seeds": a.seeds, "contenders": contenders}
             todo = [(n, s, c) for n in a.sizes for s in a.seeds for c in contenders]
+            cells = {tuple(c) for c in plan_cells(doc)} | set(todo)  # the union of every invocation's grid
+            doc["plan"] = {"cells": sorted([list(c) for c in cells], key=lambda c: (-c[0], c[1], CONTENDERS.index(c[2])))}
             if a.resume:
                 todo = [t for t in todo if ("eval", t[2], t[0], t[1]) not in done]
             t_ev = time.perf_counter()

@@ -149,7 +149,14 @@ def _patched_train(epoch_times: list[float], build: list[float]) -> Any:
             if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
                 epoch_times.append(time.perf_counter() - self._train_t0)
 
-    base_build = T._use_feature_cache
+    # the one-off cache build: engine/train.py's helper in older trees, the data module's method now
+    if hasattr(T, "_use_feature_cache"):
+        owner, attr = T, "_use_feature_cache"
+    else:
+        from segtune.data import SegDataModule
+
+        owner, attr = SegDataModule, "train_from_features"
+    base_build = getattr(owner, attr)
 
     def timed_build(*args: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
@@ -158,8 +165,8 @@ def _patched_train(epoch_times: list[float], build: list[float]) -> Any:
         return out
 
     T.HistoryCallback = TimedHistory
-    T._use_feature_cache = timed_build
-    return base_cb, base_build
+    setattr(owner, attr, timed_build)
+    return base_cb, (owner, attr, base_build)
 
 
 def train_run(cache: str, name: str, p: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -183,7 +190,9 @@ def train_run(cache: str, name: str, p: dict[str, Any], workdir: Path) -> dict[s
         run = segtune.train(cfg)
         total = time.perf_counter() - t0
     finally:
-        T.HistoryCallback, T._use_feature_cache = base_cb, base_build
+        owner, attr, base = base_build
+        T.HistoryCallback = base_cb
+        setattr(owner, attr, base)
     return {"cache": cache, "epoch_s": epoch_times, "build_s": build[0] if build else 0.0,
             "miou": run.metrics["miou"], "total_s": total, "steps": run.summary.get("steps")}
 

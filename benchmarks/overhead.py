@@ -430,7 +430,7 @@ def _section(res: dict[str, Any], json_path: Path | None = None) -> str:
         nhwc_gain = _common.median([r["bare_nhwc_ips"] / r["bare_ips"] for r in lp["rounds"]])
 
         def rel_word(x: float) -> str:
-            return "faster than" if x > 1.02 else ("slower than" if x < 0.98 else "as fast as (within 2%)")
+            return "faster than it" if x > 1.02 else ("slower than it" if x < 0.98 else "about as fast as it, within 2%")
 
         lines += [
             f"**Loop overhead** (Unet + EfficientNet-Lite0, 11 classes, batch {lp['batch']}, crop {lp['crop']}, "
@@ -449,9 +449,9 @@ def _section(res: dict[str, Any], json_path: Path | None = None) -> str:
             f"**{lp['ratio']:.3f}** | **{lp['ratio_nhwc']:.3f}** | {lp['setup_s']:.2f} |",
             "",
             f"Both sides named: segtune trained at **{lp['ratio']:.2f}x** the speed of the plain bare loop "
-            f"(NCHW tensors, as written by hand: segtune {rel_word(lp['ratio'])} it) and at "
+            f"(NCHW tensors, as written by hand: segtune {rel_word(lp['ratio'])}) and at "
             f"**{lp['ratio_nhwc']:.2f}x** the speed of the same bare loop with weights and inputs in "
-            f"channels-last (NHWC) layout, which segtune uses on a CPU (segtune {rel_word(lp['ratio_nhwc'])} it); "
+            f"channels-last (NHWC) layout, which segtune uses on a CPU (segtune {rel_word(lp['ratio_nhwc'])}); "
             f"the NHWC bare loop itself ran at {nhwc_gain:.2f}x the NCHW one (medians of per-round ratios). "
             "So segtune / bare is what a user sees against a hand-written NCHW loop, and segtune / bare NHWC "
             "is the cost or gain of the Lightning loop, callbacks and checkpoint alone, with the layout "

@@ -293,7 +293,7 @@ def _section(res: dict[str, Any], json_path: Path | None = None) -> str:
     nhwc_pred = ips["pred_bare_nhwc"] / ips["pred_bare"]
 
     def word(x: float) -> str:
-        return "faster than" if x > 1.02 else ("slower than" if x < 0.98 else "as fast as (within 2%)")
+        return "faster than it" if x > 1.02 else ("slower than it" if x < 0.98 else "about as fast as it, within 2%")
 
     return "\n".join([
         "## Evaluation and prediction throughput",
@@ -314,9 +314,9 @@ def _section(res: dict[str, Any], json_path: Path | None = None) -> str:
         f"**{res['pred_ratio']:.3f}** | **{res['pred_ratio_nhwc']:.3f}** |",
         "",
         f"Both sides named: evaluating, segtune ran at {res['eval_ratio']:.2f}x the plain NCHW bare loop "
-        f"({word(res['eval_ratio'])} it) and {res['eval_ratio_nhwc']:.2f}x the channels-last bare loop "
-        f"({word(res['eval_ratio_nhwc'])} it); predicting, at {res['pred_ratio']:.2f}x the NCHW bare loop "
-        f"({word(res['pred_ratio'])} it) and {res['pred_ratio_nhwc']:.2f}x the NHWC one ({word(res['pred_ratio_nhwc'])} it). "
+        f"({word(res['eval_ratio'])}) and {res['eval_ratio_nhwc']:.2f}x the channels-last bare loop "
+        f"({word(res['eval_ratio_nhwc'])}); predicting, at {res['pred_ratio']:.2f}x the NCHW bare loop "
+        f"({word(res['pred_ratio'])}) and {res['pred_ratio_nhwc']:.2f}x the NHWC one ({word(res['pred_ratio_nhwc'])}). "
         f"The NHWC bare loops ran at {nhwc_eval:.2f}x (evaluate) and {nhwc_pred:.2f}x (predict) the NCHW ones "
         "(medians of the rates).",
         "",

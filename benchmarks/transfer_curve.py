@@ -656,7 +656,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prof["sizes"] = sorted(set(old.get("sizes", [])) | set(prof["sizes"]))
         prof["methods"] = [m for m in METHODS if m in set(old.get("methods", [])) | set(prof["methods"])]
     meta = doc["meta"]
-    meta["machine"] = machine()
+    if not a.report_only:  # a report shows the machine the rows were measured on
+        meta["machine"] = machine()
     if a.quick:
         print(f"quick profile: scored on {prof['max_val']} val images only, images x{prof['scale']:g}, "
               f"{prof['steps']} steps: checks the script end to end; the numbers mean nothing", flush=True)

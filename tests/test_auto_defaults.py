@@ -51,5 +51,28 @@ def test_auto_table_matches_the_recorded_benchmark() -> None:
         st = best["settings"]
         assert (st["loss"], st["class_weights"]) == (d.loss.name, d.loss.class_weights)
         assert st["scale"] == [d.data.scale_min, d.data.scale_max] and st["color_jitter"] == d.data.color_jitter
-        bare = [r["miou"] for r in doc["rows"] if r["size"] == n and r["kind"] == "bare"]
-        assert bare and best["miou"] > max(bare)  # the defaults beat the hand-written loops
+        # no claim against the grid's bare loops here: the grid's defaults were tuned on the val
+        # split it reports; the library-vs-recipe claim comes from benchmarks/fair_compare.json
+        assert "fair_compare.json" in row.why
+
+
+def test_auto_why_quotes_the_fair_comparison() -> None:
+    """head's LR and class weights are the ones chosen without val, and ``why`` quotes the fair numbers."""
+    import json
+    import math
+    import statistics
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).parents[1] / "benchmarks/fair_compare.json").read_text())
+    sel = doc["selection"]
+    ev = [r for r in doc["rows"] if r["stage"] == "eval"]
+    assert ev, "no scoring rows"
+    for row in AUTO_TABLE:
+        assert row.strategy == "head"
+        assert (row.lr, Config().loss.class_weights) == (sel["lr"], sel["class_weights"])
+        sizes = sorted({r["size"] for r in ev})
+        # the scored size nearest to the row's range on a log scale
+        n = min(sizes, key=lambda s: abs(math.log(s) - math.log(min(row.max_images, 367))))
+        for c in ("segtune-head", "bare-head", "user-full"):
+            xs = [r["miou"] for r in ev if r["size"] == n and r["contender"] == c]
+            assert xs and f"{100 * statistics.fmean(xs):.1f}" in row.why, (row.max_images, c)

@@ -96,7 +96,7 @@ def test_fair_compare_section_follows_the_data(tmp_path: Path) -> None:
     assert "library: +0.0" in text and "no difference detectable" in text.split("- library:")[1].split("\n")[0]
     # a clear library gap on every seed is reported as such
     text = fc.section(_fair_doc(lib_gap=0.05))
-    assert "the first is ahead" in text.split("- library:")[1].split("\n")[0]
+    assert "`segtune-head` ahead of `bare-head`" in text.split("- library:")[1].split("\n")[0]
     # the selection disagreeing with today's default is said so
     doc = _fair_doc(0.0)
     doc["current_default"] = {"lr": 0.001, "class_weights": "median"}
@@ -136,7 +136,7 @@ def test_overhead_and_throughput_sentences_are_computed() -> None:
            "pred_load_s": 0.1, "cm_agreement": 1.0}
     text = tp._section(res)
     assert "1.50x the plain NCHW bare loop (faster than it)" in text
-    assert "1.00x the channels-last bare loop (as fast as (within 2%) it)" in text
+    assert "1.00x the channels-last bare loop (about as fast as it, within 2%)" in text
     assert "0.50x the NCHW bare loop (slower than it)" in text
 
 
