@@ -1,8 +1,10 @@
 """Defaults chosen from measurements: the strategy, LR and epochs a user gets when passing nothing.
 
-The table below comes from ``benchmarks/transfer_curve.py`` on CamVid (Unet + ImageNet
-EfficientNet-Lite0; see ``benchmarks/RESULTS.md`` for the numbers and the exact command). Each row
-covers data sets up to ``max_images`` training images. A value the user set explicitly (strategy
+The strategy per size comes from ``benchmarks/transfer_curve.py`` on CamVid (Unet + ImageNet
+EfficientNet-Lite0; chosen and scored on CamVid val, as RESULTS.md says); the head LR and class
+weights were re-selected without CamVid val by ``benchmarks/fair_compare.py`` (a held-out part of
+CamVid train) and agree; the reasons quote its val scores (``benchmarks/fair_compare.json``). Each
+row covers data sets up to ``max_images`` training images. A value the user set explicitly (strategy
 name other than ``auto``, ``optim.lr``, ``train.epochs``) is never replaced.
 """
 
