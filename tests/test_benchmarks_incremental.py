@@ -226,7 +226,8 @@ def test_quick_data_incremental_end_to_end(inc, tmp_path):
     _finite_rows(doc["rows"])
     data_rows = {(r["method"], r["step"]): r for r in doc["rows"] if r["protocol"] == "data"}
     assert data_rows[("base", 0)]["train_images"] == 4 and data_rows[("retrain", 0)]["train_images"] == 8
-    assert data_rows[("update-1step", 1)]["counts"]["memory"] == 2  # replayed from the base half
+    # the first update replays the memory the base run stored (train.memory, default 20: all 4)
+    assert data_rows[("update-1step", 1)]["counts"]["memory"] == 4
     assert data_rows[("ft-1step", 1)]["counts"]["memory"] == 0
     if "membrane" in only:
         mem = {(r["method"], r["step"]): r for r in doc["rows"] if r["protocol"] == "membrane"}
