@@ -415,20 +415,40 @@ def watch(
         SegtuneError: one-line errors for bad input; an error or interrupt during an update
             leaves it recorded as running, and the next call finishes it first.
     """
-    from ..data import load_dataset_spec
     from ..engine.resume import Interrupted
 
     every = int(every)
-    if every < 1:
-        raise ConfigError(f"--every {every}: must be at least 1 (pairs per update)")
-    max_drop = float(max_drop)
-    if not math.isfinite(max_drop):
-        raise ConfigError(f"--max-drop {max_drop}: must be a finite number of mIoU points")
-    if not poll_seconds > 0:
-        raise ConfigError(f"--poll {poll_seconds}: must be > 0 seconds")
+    spec = _check_watch_args(folder, every, max_drop, poll_seconds)
     run = Path(run)
     out = Path(out) if out is not None else run.resolve().parent
     out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        state_path = out / STATE_FILE
+        state, current, guard_str, split = _open_state(state_path, out, run, spec, guard)
+        ctx = _Ctx(out, state_path, state, _Scanner(spec), guard_str, split, float(max_drop), progress, callbacks,
+                   dict(method=method, memory=memory, old_data=old_data, kd_weight=kd_weight, overrides=overrides))
+        _log.info(
+            f"watch: {spec.root} (an update every {every} new pairs, a look every {poll_seconds:g} s); "
+            f"current model {current.name}; guard {guard_str} ({split}), promoted when old-class mIoU drops "
+            f"by at most {float(max_drop):g} points; state in {state_path}"
+        )
+        try:
+            return _loop(ctx, every, poll_seconds, max_updates, stop)
+        except (KeyboardInterrupt, Interrupted):
+            _log.info(ctx.where())
+            raise
+
+
+def _check_watch_args(folder: str | Path, every: int, max_drop: float, poll_seconds: float) -> Any:
+    """One-line refusals of the arguments; returns the watched folder's data set description."""
+    from ..data import load_dataset_spec
+
+    if every < 1:
+        raise ConfigError(f"--every {every}: must be at least 1 (pairs per update)")
+    if not math.isfinite(float(max_drop)):
+        raise ConfigError(f"--max-drop {max_drop}: must be a finite number of mIoU points")
+    if not poll_seconds > 0:
+        raise ConfigError(f"--poll {poll_seconds}: must be > 0 seconds")
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: watched folder not found (create it with a dataset.yaml, images/ and masks/)")
@@ -437,76 +457,76 @@ def watch(
             f"{folder}: no dataset.yaml; write one listing the run's classes (same order, then any new ones), "
             "e.g. `classes: [background, car]`, next to images/ and masks/"
         )
-    spec = load_dataset_spec(folder)
+    return load_dataset_spec(folder)
 
-    with _lock(out):
-        state_path = out / STATE_FILE
-        state = _load_state(state_path)
-        current = read_current(out)
-        if current is None:
-            current = run
-            _load_parent(current)  # a one-line error for an unfinished or missing run
-            _write_current(out, current)
-        elif current.resolve() != run.resolve():
-            _log.info(f"watch: continuing from {current.name} ({out / CURRENT_FILE}), not {run.name}")
-        parent = _load_parent(current)
-        _kind(parent, list(spec.classes), spec.source)  # the watched classes fit the model
-        if state.get("folder") and Path(state["folder"]) != Path(spec.root).resolve():
-            _log.warn(f"{state_path}: recorded watching {state['folder']}, now {spec.root}; "
-                      "pairs are matched by their path relative to the watched folder")
-        guard_str = str(Path(guard).resolve()) if guard is not None else state.get("guard") or _default_guard(run)
-        if state.get("guard") and state["guard"] != guard_str:
-            _log.warn(f"watch: guard changed from {state['guard']} to {guard_str}; earlier guard scores are dropped")
-            state["scores"] = {}
-        guard_spec = load_dataset_spec(guard_str)
-        split = _guard_split(guard_spec, guard_str)
-        if not set(guard_spec.classes) & set(parent.classes):
-            raise DataError(f"{guard_str}: none of its classes is one of {parent.dir.name}'s "
-                            f"({', '.join(parent.classes)}), so it cannot guard the updates")
-        state.setdefault("version", 1)
-        state["folder"] = str(Path(spec.root).resolve())
-        state["guard"], state["guard_split"] = guard_str, split
-        state.setdefault("prefix", run.resolve().name)
-        for key in ("consumed", "rejected", "scores"):
-            state.setdefault(key, {})
-        state.setdefault("updates", [])
-        state["current"] = str(current.resolve())
-        atomic_write_json(state_path, state)
-        ctx = _Ctx(out, state_path, state, _Scanner(spec), guard_str, split, max_drop, progress, callbacks,
-                   dict(method=method, memory=memory, old_data=old_data, kd_weight=kd_weight, overrides=overrides))
-        _log.info(
-            f"watch: {spec.root} (an update every {every} new pairs, a look every {poll_seconds:g} s); "
-            f"current model {current.name}; guard {guard_str} ({split}), promoted when old-class mIoU drops "
-            f"by at most {max_drop:g} points; state in {state_path}"
-        )
-        decided: list[dict[str, Any]] = []
-        try:
-            pending = next((u for u in state["updates"] if u.get("status") == "running"), None)
-            if pending is not None:
-                _log.info(f"watch: finishing update {pending['batch']} ({Path(pending['run']).name}), "
-                          "interrupted before its decision")
-                decided.append(ctx.finish(pending))
-            last_counts = None
-            while max_updates is None or len(decided) < max_updates:
-                if stop is not None and stop():
-                    break
-                ready, counts = ctx.scanner.scan(state)
-                if len(ready) >= every:
-                    att = ctx.start(ready[:every])
-                    if att is not None:
-                        decided.append(ctx.finish(att))
-                    continue
-                if counts != last_counts:
-                    extra = [f"{counts[k]} {k.replace('_', ' ')}" for k in ("changing", "unreadable", "without_mask")
-                             if counts[k]]
-                    _log.info(f"watch: {counts['ready']} of {every} new pairs ready"
-                              + (f" ({', '.join(extra)})" if extra else "") + "; waiting")
-                    last_counts = counts
-                time.sleep(poll_seconds)
-        except (KeyboardInterrupt, Interrupted):
-            _log.info(ctx.where())
-            raise
-        return decided
+
+def _open_state(state_path: Path, out: Path, run: Path, spec: Any,
+                guard: str | Path | None) -> tuple[dict[str, Any], Path, str, str]:
+    """Load (or start) watch.json, the current run and the guard; checks that they fit."""
+    from ..data import load_dataset_spec
+
+    state = _load_state(state_path)
+    current = read_current(out)
+    if current is None:
+        current = run
+        _load_parent(current)  # a one-line error for an unfinished or missing run
+        _write_current(out, current)
+    elif current.resolve() != run.resolve():
+        _log.info(f"watch: continuing from {current.name} ({out / CURRENT_FILE}), not {run.name}")
+    parent = _load_parent(current)
+    _kind(parent, list(spec.classes), spec.source)  # the watched classes fit the model
+    if state.get("folder") and Path(state["folder"]) != Path(spec.root).resolve():
+        _log.warn(f"{state_path}: recorded watching {state['folder']}, now {spec.root}; "
+                  "pairs are matched by their path relative to the watched folder")
+    guard_str = str(Path(guard).resolve()) if guard is not None else state.get("guard") or _default_guard(run)
+    if state.get("guard") and state["guard"] != guard_str:
+        _log.warn(f"watch: guard changed from {state['guard']} to {guard_str}; earlier guard scores are dropped")
+        state["scores"] = {}
+    guard_spec = load_dataset_spec(guard_str)
+    split = _guard_split(guard_spec, guard_str)
+    if not set(guard_spec.classes) & set(parent.classes):
+        raise DataError(f"{guard_str}: none of its classes is one of {parent.dir.name}'s "
+                        f"({', '.join(parent.classes)}), so it cannot guard the updates")
+    state.setdefault("version", 1)
+    state["folder"] = str(Path(spec.root).resolve())
+    state["guard"], state["guard_split"] = guard_str, split
+    state.setdefault("prefix", run.resolve().name)
+    for key in ("consumed", "rejected", "scores"):
+        state.setdefault(key, {})
+    state.setdefault("updates", [])
+    state["current"] = str(current.resolve())
+    atomic_write_json(state_path, state)
+    return state, current, guard_str, split
+
+
+def _loop(ctx: _Ctx, every: int, poll_seconds: float, max_updates: int | None,
+          stop: Callable[[], bool] | None) -> list[dict[str, Any]]:
+    """Finish an interrupted update, then update each time ``every`` new pairs are ready."""
+    decided: list[dict[str, Any]] = []
+    state = ctx.state
+    pending = next((u for u in state["updates"] if u.get("status") == "running"), None)
+    if pending is not None:
+        _log.info(f"watch: finishing update {pending['batch']} ({Path(pending['run']).name}), "
+                  "interrupted before its decision")
+        decided.append(ctx.finish(pending))
+    last_counts = None
+    while max_updates is None or len(decided) < max_updates:
+        if stop is not None and stop():
+            break
+        ready, counts = ctx.scanner.scan(state)
+        if len(ready) >= every:
+            att = ctx.start(ready[:every])
+            if att is not None:
+                decided.append(ctx.finish(att))
+            continue
+        if counts != last_counts:
+            extra = [f"{counts[k]} {k.replace('_', ' ')}" for k in ("changing", "unreadable", "without_mask")
+                     if counts[k]]
+            _log.info(f"watch: {counts['ready']} of {every} new pairs ready"
+                      + (f" ({', '.join(extra)})" if extra else "") + "; waiting")
+            last_counts = counts
+        time.sleep(poll_seconds)
+    return decided
 
 
 class _Gone(Exception):
