@@ -241,21 +241,25 @@ def test_evaluate_scores_a_synthetic_background_model_on_the_original_classes(tm
 
 
 def test_auto_method_table_matches_the_recorded_benchmark() -> None:
-    """``--method auto`` for new classes is the best method without replay on CamVid 6-5 in the
-    committed benchmark JSON, and the numbers its reason quotes are that JSON's."""
+    """``--method auto`` for new classes is the method without replay with the best all-class mIoU
+    averaged over CamVid 6-5 and 6-1 in the committed benchmark JSON, and the numbers its reason
+    quotes are that JSON's (final step of each protocol)."""
     from segtune.incremental.update import AUTO_METHODS
 
     doc = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "incremental.json").read_text())
-    final = {r["method"]: r for r in doc["rows"] if r["protocol"] == "6-5" and r.get("kind") == "update"
-             and not r.get("memory")}
-    assert set(final) >= {"ft", "lwf", "mib", "plop", "ssul"}
 
     def all_class(row: dict) -> float:
         vals = [v for k, v in row["per_class"].items() if k != "background" and v is not None]
         return sum(vals) / len(vals)
 
-    best = max(final, key=lambda m: all_class(final[m]))
     method, why = AUTO_METHODS["class"]
-    assert method == best
-    for m, row in final.items():
-        assert f"{m} {100 * all_class(row):.1f}" in why, m
+    means: dict[str, list[float]] = {}
+    for proto in ("6-5", "6-1"):
+        rows = [r for r in doc["rows"] if r["protocol"] == proto and r.get("kind") == "update" and not r.get("memory")]
+        last = max(r["step"] for r in rows)
+        final = {r["method"]: r for r in rows if r["step"] == last}
+        assert set(final) >= {"ft", "lwf", "mib", "plop", "ssul"}
+        for m, row in final.items():
+            assert f"{m} {100 * all_class(row):.1f}" in why.split(f"{proto}:")[1].split(";")[0], (proto, m)
+            means.setdefault(m, []).append(all_class(row))
+    assert method == max(means, key=lambda m: sum(means[m]) / len(means[m]))

@@ -123,10 +123,11 @@ def _kind(parent: _Parent, classes: Sequence[str], source: str) -> tuple[str, li
 #: come from the same CamVid val split (no held-out split for this choice yet).
 AUTO_METHODS: dict[str, tuple[str, str]] = {
     "class": ("lwf", (
-        "on CamVid 6-5 (6 classes, then 5 new ones in one update; benchmarks/RESULTS.md) lwf reached "
-        "the best all-class mIoU of the five methods without replay (lwf 44.2, mib 41.1, ssul 40.9, "
-        "plop 39.0, ft 6.7; joint training 53.8): mib, plop and ssul kept the old classes better "
-        "(63.6 for lwf vs 68.6-71.4) but learned the new ones far worse (3.5-5.7 vs 20.9)"
+        "on CamVid (benchmarks/RESULTS.md, one seed) lwf had the best all-class mIoU of the five methods "
+        "without replay averaged over the two protocols (6-5: lwf 44.2, mib 41.1, ssul 40.9, plop 39.0, "
+        "ft 6.7; 6-1: lwf 41.0, mib 40.9, ssul 41.2, plop 43.2, ft 3.2; joint training 53.8 / 58.8); "
+        "mib, plop and ssul kept the old classes better but learned the new ones worse at the default "
+        "update budget"
     )),
     "data": ("lwf", (
         "with replay, new images of the same classes: on EM membranes lwf + replay ended 0.4 points "
