@@ -23,7 +23,6 @@ forgetting). Times are seconds.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import yaml
 
 from .._io import atomic_path
 from ..errors import RunError
+from ..report.plots import finite_or_none
 
 __all__ = [
     "CONVENTION",
@@ -54,17 +54,6 @@ _MODEL_META = "model.yaml"  # = segtune.models.modelfile.MODEL_META (not importe
 _METRICS_FILE = "metrics.json"  # = segtune.engine.run.METRICS_FILE
 
 
-def _finite(v: Any) -> float | None:
-    """``v`` as a float, or ``None`` when missing, not a number, NaN or infinite."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -83,11 +72,11 @@ def _unique(names: Sequence[str], drop: str | None = None) -> list[str]:
 def _iou_map(per_class: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, float | None]:
     """``{name: iou}`` from a ``per_class`` list (or an existing mapping); NaN becomes ``None``."""
     if isinstance(per_class, Mapping):
-        return {str(k): _finite(v) for k, v in per_class.items()}
+        return {str(k): finite_or_none(v) for k, v in per_class.items()}
     out: dict[str, float | None] = {}
     for i, row in enumerate(per_class):
         name = str(row.get("name", row.get("index", i)))
-        out[name] = _finite(row.get("iou"))
+        out[name] = finite_or_none(row.get("iou"))
     return out
 
 
@@ -158,15 +147,15 @@ def forgetting(
     """
     out: dict[str, float | None] = {}
     for name in _unique(classes):
-        now = _finite(current.get(name))
-        before = [v for v in (_finite(p.get(name)) for p in previous) if v is not None]
+        now = finite_or_none(current.get(name))
+        before = [v for v in (finite_or_none(p.get(name)) for p in previous) if v is not None]
         out[name] = None if now is None or not before else max(before) - now
     return out
 
 
 def mean_forgetting(values: Mapping[str, float | None]) -> float | None:
     """Mean of the defined values of a :func:`forgetting` result (fraction), ``None`` if none."""
-    return _mean([_finite(v) for v in values.values()])
+    return _mean([finite_or_none(v) for v in values.values()])
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -217,11 +206,11 @@ def _step_entry(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         step = int(lineage.get("step") or 0)
         method = str(lineage.get("method") or "update")
         added = [str(c) for c in (lineage.get("classes_added") or [])]
-        seconds = _finite(lineage.get("seconds"))
+        seconds = finite_or_none(lineage.get("seconds"))
     else:
         step, method, added, seconds = 0, "train", list(classes), None
     if seconds is None and isinstance(summary, dict):
-        seconds = _finite(summary.get("seconds"))
+        seconds = finite_or_none(summary.get("seconds"))
     return {
         "run": str(run_dir),
         "step": step,
@@ -230,7 +219,7 @@ def _step_entry(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "classes": classes,
         "seconds": seconds,
         "per_class": _iou_map(per_class),
-        "miou": _finite(metrics.get("miou")),
+        "miou": finite_or_none(metrics.get("miou")),
     }
 
 
@@ -341,8 +330,8 @@ def history_rows(
                 "background": scores["background"],
                 "forgetting": mean_forgetting(forgot),
                 "forgetting_per_class": forgot,
-                "miou": _finite(entry.get("miou")),
-                "seconds": _finite(entry.get("seconds")),
+                "miou": finite_or_none(entry.get("miou")),
+                "seconds": finite_or_none(entry.get("seconds")),
             }
         )
     return rows

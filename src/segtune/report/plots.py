@@ -27,6 +27,7 @@ __all__ = [
     "plot_curves",
     "plot_per_class",
     "plot_comparison",
+    "finite_or_none",
 ]
 
 Color = tuple[int, int, int]
@@ -311,8 +312,9 @@ def save_mask_png(
         pimg.save(tmp, format="PNG")
 
 
-def _finite(v: Any) -> float | None:
-    if v is None:
+def finite_or_none(v: Any) -> float | None:
+    """``v`` as a float, or ``None`` when missing, a bool, not a number, NaN or infinite."""
+    if v is None or isinstance(v, bool):
         return None
     try:
         f = float(v)
@@ -348,10 +350,10 @@ def plot_curves(history: Sequence[dict[str, Any]], path: PathLike) -> None:
     def series(key: str) -> tuple[list[float], list[float]]:
         xs, ys = [], []
         for i, row in enumerate(history):
-            y = _finite(row.get(key))
+            y = finite_or_none(row.get(key))
             if y is None:
                 continue
-            x = _finite(row.get("epoch"))
+            x = finite_or_none(row.get("epoch"))
             xs.append(float(i) if x is None else x)
             ys.append(y)
         return xs, ys
@@ -411,7 +413,7 @@ def plot_per_class(metrics: dict[str, Any], path: PathLike, title: str | None = 
     fig = _new_figure(8, min(2.0 + 0.3 * n, 40.0))
     ax = fig.subplots()
     names = [str(r.get("name", r.get("index", i))) for i, r in enumerate(rows)]
-    vals = [_finite(r.get("iou")) for r in rows]
+    vals = [finite_or_none(r.get("iou")) for r in rows]
     ys = np.arange(len(rows))
     palette = default_palette(len(rows))
     ax.barh(ys, [v or 0.0 for v in vals],
@@ -425,7 +427,7 @@ def plot_per_class(metrics: dict[str, Any], path: PathLike, title: str | None = 
     ax.invert_yaxis()
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("IoU")
-    miou = _finite(metrics.get("miou"))
+    miou = finite_or_none(metrics.get("miou"))
     if miou is not None:
         ax.axvline(miou, color="tab:red", linestyle="--", linewidth=1)
     if title is None:
@@ -444,7 +446,7 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: PathLike) -> None:
         path: output ``.png`` path (written atomically).
     """
     names = [str(r.get("strategy", f"run {i}")) for i, r in enumerate(rows)]
-    vals = [_finite(r.get("val_miou")) for r in rows]
+    vals = [finite_or_none(r.get("val_miou")) for r in rows]
     fig = _new_figure(max(5.0, 1.2 * len(rows) + 2), 4)
     ax = fig.subplots()
     xs = np.arange(len(rows))
