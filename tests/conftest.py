@@ -21,6 +21,25 @@ CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"]
 
 
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (not a package) as module ``_bench_<name>``, with
+    ``benchmarks/`` on ``sys.path`` for its ``_common`` import."""
+    import importlib.util
+    import sys
+
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_squares_dataset(root: Path, n_train: int = 12, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Two classes: bright textured squares (1) on dark noise (0); writes dataset.yaml."""
     rng = np.random.default_rng(seed)

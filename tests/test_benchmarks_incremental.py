@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 CAMVID = SHARED / "camvid"
 MEMBRANE = SHARED / "membrane"
@@ -20,17 +18,11 @@ NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "F
          "Bicyclist"]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def inc():
-    return _load("incremental")
+    return load_benchmark("incremental")
 
 
 def _masks(folder: Path) -> dict[str, np.ndarray]:

@@ -7,20 +7,9 @@ scripts use generated 480x360 stand-in data.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
-from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_benchmark
 
 
 def _ok(x: float) -> bool:
@@ -28,7 +17,7 @@ def _ok(x: float) -> bool:
 
 
 def test_overhead_quick_runs() -> None:
-    res = _load("overhead").main(
+    res = load_benchmark("overhead").main(
         ["--quick", "--rounds", "1", "--steps", "1", "--batch", "2", "--crop", "64",
          "--workers", "0,1", "--max-images", "4"]
     )
@@ -44,7 +33,7 @@ def test_overhead_quick_runs() -> None:
 
 
 def test_throughput_quick_runs() -> None:
-    res = _load("throughput").main(["--quick", "--rounds", "1", "--images", "2", "--batch", "2"])
+    res = load_benchmark("throughput").main(["--quick", "--rounds", "1", "--images", "2", "--batch", "2"])
     for name, ips in res["ips"].items():
         assert _ok(ips), (name, ips)
     for key in ("eval_ratio", "eval_ratio_nhwc", "eval_total_ratio", "pred_ratio", "pred_ratio_nhwc"):
@@ -55,7 +44,7 @@ def test_throughput_quick_runs() -> None:
 def test_forward_chunked_matches_whole_batch() -> None:
     import torch
 
-    from segtune.engine.evaluate import forward_chunked
+    from segtune._tensor import forward_chunked
     from segtune.models import create_model
 
     model = create_model("unet", "tf_efficientnet_lite0", num_classes=3, weights="none").eval()

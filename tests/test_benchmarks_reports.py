@@ -8,27 +8,16 @@ segtune's default loss (value and gradient).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name: str) -> ModuleType:
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("cw", ["median", "none"])
@@ -36,7 +25,7 @@ def test_bare_loop_ce_dice_equals_segtune_default_loss(cw: str) -> None:
     from segtune.config import LossConfig
     from segtune.losses import build_loss, class_weights_from_counts
 
-    bare = _load("bare_loop")
+    bare = load_benchmark("bare_loop")
     C, ign = 11, 11
     rng = np.random.default_rng(0)
     masks = [rng.integers(0, C + 1, (24, 32)) for _ in range(3)]
@@ -88,7 +77,7 @@ def _fair_doc(lib_gap: float) -> dict:
 
 
 def test_fair_compare_section_follows_the_data(tmp_path: Path) -> None:
-    fc = _load("fair_compare")
+    fc = load_benchmark("fair_compare")
     doc = _fair_doc(lib_gap=0.0)
     assert fc.pick(doc["rows"], doc["selection_plan"])["candidate"] == "head lr 0.003 cw median"
     text = fc.section(doc)
@@ -113,7 +102,7 @@ def test_fair_compare_section_follows_the_data(tmp_path: Path) -> None:
 
 
 def test_overhead_and_throughput_sentences_are_computed() -> None:
-    oh = _load("overhead")
+    oh = load_benchmark("overhead")
     rounds = [{"round": 1, "bare_ips": 3.0, "bare_nhwc_ips": 4.0, "segtune_ips": 4.2, "ratio": 1.4,
                "ratio_nhwc": 1.05, "setup_s": 0.2}]
     res = {"command": "python benchmarks/overhead.py --quick", "seconds": 60.0, "machine": "m", "date": "d",
@@ -127,7 +116,7 @@ def test_overhead_and_throughput_sentences_are_computed() -> None:
     text = oh._section(res)
     assert "segtune slower than it" in text and "faster than it" not in text
 
-    tp = _load("throughput")
+    tp = load_benchmark("throughput")
     ips = {"eval_bare": 2.0, "eval_bare_nhwc": 3.0, "eval_segtune": 3.0, "pred_bare": 2.0, "pred_bare_nhwc": 2.0,
            "pred_segtune": 1.0}
     res = {"command": "c", "seconds": 1.0, "machine": "m", "date": "d", "rounds": 1, "data": "x", "batch": 4,
@@ -141,7 +130,7 @@ def test_overhead_and_throughput_sentences_are_computed() -> None:
 
 
 def test_memory_section_from_json() -> None:
-    mem = _load("memory")
+    mem = load_benchmark("memory")
     train = [{"crop": c, "batch": b, "base_mb": 700.0, "peak_mb": 1000.0 + 2500.0 * b * c * c / 1e6, "seconds": 1.0}
              for c, b in ((256, 2), (384, 4))]
     pred = [{"size": 512, "tiled": False, "base_mb": 700.0, "peak_mb": 800.0, "seconds": 0.1},

@@ -225,8 +225,9 @@ def _fingerprint(pairs: Sequence[tuple[Path, Path]]) -> str:
 
 def _prepare_step_data(run_dir: Path, parent: _Parent, plan: _StepPlan, new_spec: Any,
                        new_pairs: dict[str, list], val_spec: Any, val_pairs: list,
-                       memory_pool: list[tuple[Path, np.ndarray]]) -> Path:
+                       memory_pool: list[tuple[Path, np.ndarray]], progress: bool = True) -> Path:
     """Write ``run_dir/step_data`` (images linked, masks in the step's labels) and its dataset.yaml."""
+    from .._progress import progress_iter
     from ..data import read_mask
 
     tmp = run_dir / (STEP_DATA + ".tmp")
@@ -241,7 +242,7 @@ def _prepare_step_data(run_dir: Path, parent: _Parent, plan: _StepPlan, new_spec
     for split in ("train", "val"):
         (tmp / split / "images").mkdir(parents=True)
         (tmp / split / "masks").mkdir(parents=True)
-    for img, mask in new_pairs["train"]:
+    for img, mask in progress_iter(new_pairs["train"], "writing the step's masks", show=None if progress else False):
         stem = f"new_{Path(img).stem}"
         _link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
         _write_mask(tmp / "train" / "masks" / f"{stem}.png", _remap(read_mask(mask, new_spec), train_lut))
@@ -253,7 +254,7 @@ def _prepare_step_data(run_dir: Path, parent: _Parent, plan: _StepPlan, new_spec
     n_val = len(val_spec.classes)
     val_map = {d: d + plan.offset for d in range(n_val) if d + plan.offset < len(plan.classes)}
     val_lut, _ = _lut(n_val, val_spec.ignore_index, val_map)
-    for img, mask in val_pairs:
+    for img, mask in progress_iter(val_pairs, "writing the val masks", show=None if progress else False):
         stem = Path(img).stem
         _link_or_copy(Path(img), tmp / "val" / "images" / f"{stem}{Path(img).suffix.lower()}")
         _write_mask(tmp / "val" / "masks" / f"{stem}.png", _remap(read_mask(mask, val_spec), val_lut))
@@ -373,7 +374,8 @@ def update(
     plan = _plan_step(parent, inputs, method, memory, kd_weight, pod_weight)
     run_dir = _new_step_folder(parent, out, name)
     try:
-        cfg = _write_step(run_dir, parent, plan, inputs, Path(out) if out is not None else parent.dir.parent, overrides)
+        cfg = _write_step(run_dir, parent, plan, inputs, Path(out) if out is not None else parent.dir.parent,
+                          overrides, progress)
         return train(cfg, plan=_train_plan(parent, plan, t0, progress), callbacks=callbacks)
     except SegtuneError:
         if not (run_dir / "checkpoints").exists():  # refused before training: leave nothing behind
@@ -465,7 +467,7 @@ def _new_step_folder(parent: _Parent, out: str | Path | None, name: str | None) 
 
 
 def _write_step(run_dir: Path, parent: _Parent, plan: _StepPlan, inputs: _Inputs, out: Path,
-                overrides: dict[str, Any]) -> Config:
+                overrides: dict[str, Any], progress: bool = True) -> Config:
     """Replay pool, step data, update.yaml; returns the step's config."""
     from ..data.memory import memory_hash
 
@@ -473,7 +475,7 @@ def _write_step(run_dir: Path, parent: _Parent, plan: _StepPlan, inputs: _Inputs
     plan.memory_sha256 = memory_hash(parent.dir)
     plan.counts = {"new_train": len(inputs.new_pairs["train"]), "memory": len(pool), "val": len(inputs.val_pairs)}
     data_root = _prepare_step_data(run_dir, parent, plan, inputs.new_spec, inputs.new_pairs, inputs.val_spec,
-                                   inputs.val_pairs, pool)
+                                   inputs.val_pairs, pool, progress)
     atomic_write_yaml(run_dir / UPDATE_FILE, asdict(plan))
     _log.info(
         f"update {parent.dir.name} -> {run_dir}: {plan.kind}-incremental"
