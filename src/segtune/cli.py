@@ -16,6 +16,13 @@ from .errors import SegtuneError
 
 __all__ = ["main", "build_parser"]
 
+# Packages that bring their own commands. Each module defines
+# ``add_commands(sub) -> dict[str, Callable[[argparse.Namespace], int]]``: it adds its
+# subparsers to ``sub`` (keep its imports light; import heavy modules inside the handlers)
+# and returns the handlers by command name. Add one line here per package.
+_COMMAND_MODULES: tuple[str, ...] = (
+)
+
 # flag -> dotted config key
 _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "config_arch": ("model.arch", str, "architecture: {architectures} (default unet)"),
@@ -169,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("history", help="the chain of updates behind a run, with old/new/all mIoU per step")
     h.add_argument("run", help="run folder")
+    _PACKAGE_HANDLERS.update(_add_package_commands(sub))
     return p
 
 
@@ -317,6 +325,8 @@ def _cmd_models(a: argparse.Namespace) -> int:
     return 0
 
 
+_PACKAGE_HANDLERS: dict[str, Any] = {}
+
 _COMMANDS = {
     "train": _cmd_train,
     "check-data": _cmd_check,
@@ -329,6 +339,16 @@ _COMMANDS = {
 }
 
 
+def _add_package_commands(sub: Any) -> dict[str, Any]:
+    """Subcommands of the packages in ``_COMMAND_MODULES``; returns their handlers."""
+    import importlib
+
+    handlers: dict[str, Any] = {}
+    for module in _COMMAND_MODULES:
+        handlers.update(importlib.import_module(module).add_commands(sub))
+    return handlers
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segtune`` command; returns the exit code."""
     parser = build_parser()
@@ -339,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     _log.set_quiet(a.quiet)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
-        return _COMMANDS[a.command](a)
+        handler = _COMMANDS.get(a.command) or _PACKAGE_HANDLERS[a.command]
+        return handler(a)
     except SegtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
