@@ -109,8 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="per-class metrics of a trained run on a data set")
     e.add_argument("run", help="run folder written by segtune train")
     e.add_argument("data", help="data set folder or dataset.yaml")
-    e.add_argument("--split", default="val", help="split to score (default val)")
-    e.add_argument("--out", help="folder for metrics.json and per_class_iou.png (default RUN/eval-SPLIT)")
+    e.add_argument("--split", default=None,
+                   help="split to score (default: val; a folder with a single split, e.g. images/ + masks/, "
+                        "is scored whole)")
+    e.add_argument("--out", help="folder for metrics.json, per_class_iou.png and confusion_matrix.png "
+                                 "(default RUN/eval-SPLIT)")
+    e.add_argument("--tta", metavar="SPEC",
+                   help="test-time augmentation, e.g. flip, scales=0.75,1,1.25 or flip,scales=0.75,1,1.25 "
+                        "(averaged softmax); also reports plain inference and the gain")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--device", help="cpu or cuda (default: cuda if available)")
 
@@ -123,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace existing masks")
     pr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     pr.add_argument("--tile-size", type=int, default=1024, help="tile side for very large images")
+    pr.add_argument("--blend", default="gaussian",
+                    help="how overlapping tiles are combined: gaussian (default; tile centres weigh most) or uniform")
+    pr.add_argument("--tta", metavar="SPEC",
+                    help="test-time augmentation: flip, scales=0.75,1,1.25 or flip,scales=... (averaged softmax)")
+    pr.add_argument("--probabilities", action="store_true",
+                    help="also write per-class probability maps: OUT/probabilities/STEM/KK_CLASS.png (uint8, 255 = 1.0)")
+    pr.add_argument("--areas", metavar="FILE.csv",
+                    help="also write per-image class areas (pixels and fraction) to this CSV")
     pr.add_argument("--shard", metavar="I/N",
                     help="predict only shard I of N (0-based: the sorted image list, every N-th from I), "
                          "e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT in a job array")
@@ -283,13 +297,12 @@ def _cmd_check(a: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .engine.evaluate import evaluate
+    from .engine.evaluate import evaluate, format_evaluation_extras
     from .metrics import format_metrics_table
 
-    out = a.out or str(Path(a.run) / f"eval-{a.split}")
-    m = evaluate(a.run, a.data, split=a.split, out=out, batch_size=a.batch_size, device=a.device)
+    m = evaluate(a.run, a.data, split=a.split, out=a.out, batch_size=a.batch_size, device=a.device, tta=a.tta)
     print(format_metrics_table(m))
-    print(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_class_iou.png'}")
+    print(format_evaluation_extras(m))
     return 0
 
 
@@ -298,9 +311,10 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from .inference.predictor import parse_shard
 
     shard = parse_shard(a.shard) if a.shard else None
-    pred = Predictor.from_run(a.run, device=a.device, tile_size=a.tile_size, max_pixels=a.max_pixels)
+    pred = Predictor.from_run(a.run, device=a.device, tile_size=a.tile_size, max_pixels=a.max_pixels,
+                              tta=a.tta, blend=a.blend)
     written = pred.predict_paths(a.inputs, a.out, overlay=a.overlay, skip_existing=a.skip_existing,
-                                 overwrite=a.overwrite, shard=shard)
+                                 overwrite=a.overwrite, shard=shard, probabilities=a.probabilities, areas=a.areas)
     print(f"wrote {len(written)} mask(s) to {a.out}" + (f" (overlays in {Path(a.out) / 'overlays'})" if a.overlay else ""))
     return 0
 

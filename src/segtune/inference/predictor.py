@@ -17,6 +17,9 @@ from .._tensor import cpu_channels_last, round_up, suppress_classes
 from ..data.pairing import IMAGE_EXTS
 from ..errors import DataError
 from ..models.modelfile import load_model
+from .outputs import area_rows, quantize_probabilities, write_areas_csv, write_probability_maps
+from .tiling import BLENDS, blended_bands, tile_grid
+from .tta import TTA, parse_tta, tta_probabilities
 
 __all__ = ["Predictor", "predict", "parse_shard", "shard_files", "collect_images"]
 
@@ -25,8 +28,10 @@ class Predictor:
 
     Images are normalised as in training, padded (reflect) to a multiple of 32 and cropped
     back, so the output mask has exactly the input's height and width. Images with more than
-    ``tile_pixels`` pixels are processed in overlapping tiles (sliding window, averaged
-    softmax) to bound memory.
+    ``tile_pixels`` pixels are processed in overlapping tiles whose softmax probabilities are
+    blended with Gaussian weights (:mod:`segtune.inference.tiling`), streamed in bands of rows
+    to bound memory. With ``tta``, every image (or tile) is predicted in several flipped or
+    rescaled views whose probabilities are averaged (:mod:`segtune.inference.tta`).
 
     Args:
         model: ``(N,3,H,W) -> (N,C,H,W)`` logits.
@@ -36,6 +41,9 @@ class Predictor:
         tile_pixels: images above this many pixels are tiled.
         max_pixels: image files above this many pixels are refused (Pillow's decompression-bomb
             guard is raised to it); arrays passed directly are not limited.
+        tta: test-time augmentation, a :class:`~segtune.inference.tta.TTA` or its text
+            (``flip``, ``scales=0.75,1,1.25``, ``flip,scales=...``); None: one plain pass.
+        blend: tile weighting, ``gaussian`` (default) or ``uniform`` (plain average).
     """
 
     def __init__(
@@ -46,6 +54,8 @@ class Predictor:
         tile_size: int = 1024,
         tile_pixels: int = 2048 * 2048,
         max_pixels: int | None = None,
+        tta: TTA | str | None = None,
+        blend: str = "gaussian",
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,6 +74,10 @@ class Predictor:
         self.tile_size = tile_size
         self.tile_pixels = tile_pixels
         self.max_pixels = max_pixels
+        tta = parse_tta(tta)
+        self.tta: TTA | None = None if tta is None or tta.is_plain else tta
+        BLENDS.get(blend)  # unknown names fail here, not at the first large image
+        self.blend = blend
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None, **kwargs: Any) -> Predictor:
@@ -100,95 +114,75 @@ class Predictor:
 
     @torch.inference_mode()
     def _probs_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """(1,3,H,W) normalised -> (1,C,H,W) softmax probabilities on the CPU, any H, W."""
+        """(1,3,H,W) normalised -> (1,C,H,W) softmax probabilities on the CPU, any H, W
+        (averaged over the TTA views when ``tta`` is set)."""
+        if self.tta is not None:
+            return tta_probabilities(self._forward_padded, x, self.tta).cpu().contiguous()
         return self._forward_padded(x).softmax(1).cpu().contiguous()
+
+    def _bands(self, image: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+        """Final probabilities ``(C, rows, W)`` of consecutive bands of rows, top to bottom.
+
+        One band for an image of at most ``tile_pixels`` pixels; otherwise the Gaussian-blended
+        tiles of :func:`~segtune.inference.tiling.blended_bands` (at most ``C x tile x W`` held).
+        """
+        h, w = image.shape[:2]
+        if h * w <= self.tile_pixels:
+            yield 0, self._probs_padded(self._to_tensor(image))[0]
+            return
+
+        def tile_probs(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            return self._probs_padded(self._to_tensor(image[y0:y1, x0:x1]))[0]
+
+        yield from blended_bands(tile_probs, h, w, self.tile_size, self.blend)
 
     @torch.inference_mode()
     def predict_proba(self, image: np.ndarray | str | Path) -> torch.Tensor:
         """Class probabilities ``(C, H, W)`` float32 for one image (path, PIL image or (H,W,3) uint8)."""
         image = self._load(image)
         self._check(image)
-        h, w = image.shape[:2]
-        if h * w <= self.tile_pixels:
-            return self._probs_padded(self._to_tensor(image))[0]
-        t = self.tile_size
-        probs: torch.Tensor | None = None
-        counts = torch.zeros(1, h, w)
-        ys, xs = self._tile_grid(h, w)
-        for y0 in ys:
-            for x0 in xs:
-                p = self._probs_padded(self._to_tensor(image[y0 : y0 + t, x0 : x0 + t]))[0]
-                if probs is None:
-                    probs = torch.zeros(p.shape[0], h, w)
-                probs[:, y0 : y0 + p.shape[1], x0 : x0 + p.shape[2]] += p
-                counts[:, y0 : y0 + p.shape[1], x0 : x0 + p.shape[2]] += 1
-        assert probs is not None
-        return probs / counts
+        return torch.cat([band for _, band in self._bands(image)], 1)
 
+    @torch.inference_mode()
     def predict(self, image: np.ndarray | str | Path) -> np.ndarray:
         """Class index mask ``(H, W)`` int64 with the input's height and width.
 
-        Tiled images are streamed in bands of tile rows (:meth:`_predict_tiled`): the result
-        equals ``predict_proba(image).argmax(0)`` without holding C x H x W scores.
+        Equals ``predict_proba(image).argmax(0)``; tiled images are streamed in bands of rows,
+        so C x H x W scores are never held.
         """
         image = self._load(image)
         self._check(image)
         h, w = image.shape[:2]
-        if h * w <= self.tile_pixels:
+        if h * w <= self.tile_pixels and self.tta is None:
             # argmax of the logits: the softmax is monotonic, so this is the argmax of the
             # probabilities (unless two classes' probabilities round to the same float32) without
             # computing C x H x W exponentials
             return self._forward_padded(self._to_tensor(image))[0].argmax(0).cpu().numpy().astype(np.int64, copy=False)
-        return self._predict_tiled(image)
+        return self.predict_with_probabilities(image, keep_probabilities=False)[0]
+
+    @torch.inference_mode()
+    def predict_with_probabilities(
+        self, image: np.ndarray | str | Path, keep_probabilities: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mask ``(H, W)`` int64 and probabilities ``(C, H, W)`` uint8 (round(255 x p)), or None
+        when not kept; the mask is the argmax of the float probabilities, band by band."""
+        image = self._load(image)
+        self._check(image)
+        h, w = image.shape[:2]
+        mask = np.empty((h, w), dtype=np.int64)
+        probs: np.ndarray | None = None
+        for row0, band in self._bands(image):
+            n = band.shape[1]
+            mask[row0 : row0 + n] = band.argmax(0).numpy()
+            if keep_probabilities:
+                if probs is None:
+                    probs = np.empty((band.shape[0], h, w), dtype=np.uint8)
+                probs[:, row0 : row0 + n] = quantize_probabilities(band)
+        return mask, probs
 
     def _tile_grid(self, h: int, w: int) -> tuple[list[int], list[int]]:
         """Top and left edges of the tiles (stride 3/4 of a tile) covering an ``h x w`` image."""
-        t = self.tile_size
-        stride = t * 3 // 4
-        ys = list(range(0, max(h - t, 0) + 1, stride))
-        xs = list(range(0, max(w - t, 0) + 1, stride))
-        if ys[-1] + t < h:
-            ys.append(h - t)
-        if xs[-1] + t < w:
-            xs.append(w - t)
-        return ys, xs
-
-    @torch.inference_mode()
-    def _predict_tiled(self, image: np.ndarray) -> np.ndarray:
-        """Sliding-window mask keeping class scores only for the rows still being summed.
-
-        The same tiles are added in the same order and divided by the same counts as in
-        :meth:`predict_proba`, so the mask is identical; once a row of tiles is done, the rows
-        above the next one are final, turned into class indices and dropped. Memory: a band of
-        ``C x tile_size x W`` scores instead of ``C x H x W``, and the input is normalised
-        tile by tile.
-        """
-        h, w = image.shape[:2]
-        t = self.tile_size
-        ys, xs = self._tile_grid(h, w)
-        out = np.empty((h, w), dtype=np.int64)
-        acc: torch.Tensor | None = None  # (C, rows, w): image rows lo .. lo + rows - 1
-        cnt = torch.zeros(1, 0, w)
-        lo = 0
-        for k, y0 in enumerate(ys):
-            y1 = min(y0 + t, h)
-            for x0 in xs:
-                p = self._probs_padded(self._to_tensor(image[y0:y1, x0 : x0 + t]))[0]
-                if acc is None:
-                    acc = torch.zeros(p.shape[0], 0, w)
-                if acc.shape[1] < y1 - lo:  # extend the band down to this tile row's bottom
-                    grow = y1 - lo - acc.shape[1]
-                    acc = torch.cat([acc, acc.new_zeros(acc.shape[0], grow, w)], 1)
-                    cnt = torch.cat([cnt, cnt.new_zeros(1, grow, w)], 1)
-                acc[:, y0 - lo : y1 - lo, x0 : x0 + p.shape[2]] += p
-                cnt[:, y0 - lo : y1 - lo, x0 : x0 + p.shape[2]] += 1
-            assert acc is not None
-            done = ys[k + 1] if k + 1 < len(ys) else h  # no later tile reaches above this row
-            n = done - lo
-            out[lo:done] = (acc[:, :n] / cnt[:, :n]).argmax(0).numpy()
-            acc, cnt = acc[:, n:].clone(), cnt[:, n:].clone()
-            lo = done
-        return out
+        return tile_grid(h, w, self.tile_size)
 
     __call__ = predict
 
@@ -217,11 +211,13 @@ class Predictor:
         overwrite: bool = False,
         progress: bool = True,
         shard: tuple[int, int] | None = None,
+        probabilities: bool = False,
+        areas: str | Path | None = None,
     ) -> list[Path]:
         """Segment a file, a folder (recursively) or a list of files; write palette PNG masks.
 
         Files are read, predicted and written one at a time, so memory does not grow with the
-        number of images (only the list of paths is kept).
+        number of images (only the list of paths and, with ``areas``, C rows per image are kept).
 
         Args:
             inputs: image file(s) or folder(s).
@@ -233,27 +229,57 @@ class Predictor:
             shard: ``(i, n)``: predict only shard ``i`` of ``n`` (0-based), the images at
                 positions ``i, i + n, i + 2n, ...`` of the sorted list, so ``n`` processes (e.g. a
                 Slurm job array) split a folder without overlap; see :func:`shard_files`.
+            probabilities: also write per-class probability maps, uint8 PNGs in
+                ``probabilities/<stem>/`` (see :mod:`segtune.inference.outputs`).
+            areas: also write this CSV of per-image class areas (pixels and fraction; skipped
+                images are counted from their existing masks).
 
         Returns:
             Paths of the masks written.
         """
-        from ..data.decode import DEFAULT_MAX_PIXELS, image_size
-        from ..report import overlay as make_overlay
-        from ..report import save_mask_png
-
         files = collect_images(inputs)
         if shard is not None:
             n_all = len(files)
             files = shard_files(files, shard)
             _log.info(f"shard {shard[0]}/{shard[1]}: {len(files)} of {n_all} images")
-        # pre-flight: empty, non-image and over-limit files are refused from their headers
-        # before anything is written (no partial output folder)
+        out_dir = Path(out_dir)
+        self._preflight(files, out_dir, skip_existing, overwrite, areas)
+        written: list[Path] = []
+        rows: list[dict[str, object]] = []
+        skipped = 0
+        for f in progress_iter(files, "predicting", show=None if progress else False):
+            mask_path = out_dir / f"{f.stem}.png"
+            if skip_existing and mask_path.exists():
+                skipped += 1
+                if areas is not None:
+                    from PIL import Image
+
+                    rows += area_rows(f.name, np.asarray(Image.open(mask_path)), self._class_names())
+                continue
+            pred = self._predict_file(f, out_dir, overlay, probabilities)
+            if areas is not None:
+                rows += area_rows(f.name, pred, self._class_names())
+            written.append(mask_path)
+        if skipped:
+            _log.info(f"skipped {skipped} image(s) whose mask already exists")
+        if areas is not None:
+            write_areas_csv(areas, rows)
+        return written
+
+    def _class_names(self) -> list[str]:
+        n = int((self.meta.get("model") or {}).get("num_classes") or len(self.classes))
+        return self.classes if len(self.classes) == n else [f"class_{k}" for k in range(n)]
+
+    def _preflight(self, files: Sequence[Path], out_dir: Path, skip_existing: bool, overwrite: bool,
+                   areas: str | Path | None) -> None:
+        """Refuse before anything is written: empty, non-image and over-limit files (from their
+        headers), and outputs that exist and would be replaced without ``overwrite``."""
+        from ..data.decode import DEFAULT_MAX_PIXELS, image_size
+
         limit = self.max_pixels if self.max_pixels is not None else DEFAULT_MAX_PIXELS
         for f in files:
             with _predict_hint():
                 image_size(f, max_pixels=limit)
-        out_dir = Path(out_dir)
-        colors = self.colors
         if not skip_existing and not overwrite:
             taken = [f for f in files if (out_dir / f"{f.stem}.png").exists()]
             if taken:
@@ -261,33 +287,36 @@ class Predictor:
                     f"{out_dir / (taken[0].stem + '.png')}: already exists ({len(taken)} outputs would be "
                     "replaced); pass --skip-existing to resume or --overwrite to replace"
                 )
-        written = []
-        skipped = 0
-        for f in progress_iter(files, "predicting", show=None if progress else False):
-            mask_path = out_dir / f"{f.stem}.png"
-            if skip_existing and mask_path.exists():
-                skipped += 1
-                continue
-            from ..data import read_image
+        if areas is not None and Path(areas).exists() and not (skip_existing or overwrite):
+            raise DataError(f"{areas}: already exists; pass --overwrite to replace it or choose another --areas file")
 
-            with _predict_hint():
-                image = read_image(f, **self._limits())
-            pred = self.predict(image)
-            out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
-            save_mask_png(mask_path, pred, colors, durable=False)  # rename-atomic; --skip-existing redoes
-            if overlay:
-                from PIL import Image
+    def _predict_file(self, f: Path, out_dir: Path, overlay: bool, probabilities: bool) -> np.ndarray:
+        """Predict one file and write its mask (last, so an existing mask means "done"),
+        overlay and probability maps; returns the ``(H, W)`` int64 mask."""
+        from ..data import read_image
+        from ..report import overlay as make_overlay
+        from ..report import save_mask_png
 
-                from .._io import atomic_path
+        with _predict_hint():
+            image = read_image(f, **self._limits())
+        if probabilities:
+            pred, probs = self.predict_with_probabilities(image)
+        else:
+            pred, probs = self.predict(image), None
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+        if probs is not None:
+            write_probability_maps(out_dir, f.stem, probs, self._class_names())
+        if overlay:
+            from PIL import Image
 
-                ov = make_overlay(image, pred, colors, alpha=0.5, ignore_index=self.ignore_index)
-                (out_dir / "overlays").mkdir(exist_ok=True)
-                with atomic_path(out_dir / "overlays" / f"{f.stem}.png", durable=False) as tmp:
-                    Image.fromarray(ov).save(tmp)
-            written.append(mask_path)
-        if skipped:
-            _log.info(f"skipped {skipped} image(s) whose mask already exists")
-        return written
+            from .._io import atomic_path
+
+            ov = make_overlay(image, pred, self.colors, alpha=0.5, ignore_index=self.ignore_index)
+            (out_dir / "overlays").mkdir(exist_ok=True)
+            with atomic_path(out_dir / "overlays" / f"{f.stem}.png", durable=False) as tmp:
+                Image.fromarray(ov).save(tmp)
+        save_mask_png(out_dir / f"{f.stem}.png", pred, self.colors, durable=False)  # rename-atomic
+        return pred
 
 
 @contextlib.contextmanager
@@ -367,6 +396,12 @@ def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, **kwargs: Any) -> list[Path]:
-    """Segment images with a trained run; see :meth:`Predictor.predict_paths`."""
-    device = kwargs.pop("device", None)
-    return Predictor.from_run(run, device=device).predict_paths(inputs, out, **kwargs)
+    """Segment images with a trained run; see :meth:`Predictor.predict_paths`.
+
+    ``device``, ``tile_size``, ``tile_pixels``, ``max_pixels``, ``tta`` (e.g. ``"flip"``) and
+    ``blend`` configure the :class:`Predictor`; the other keyword arguments go to
+    :meth:`Predictor.predict_paths` (e.g. ``probabilities=True``, ``areas="areas.csv"``).
+    """
+    own = ("device", "tile_size", "tile_pixels", "max_pixels", "tta", "blend")
+    setup = {k: kwargs.pop(k) for k in own if k in kwargs}
+    return Predictor.from_run(run, **setup).predict_paths(inputs, out, **kwargs)
