@@ -194,10 +194,14 @@ def test_unknown_encoder_suggests():
         create_model("unet", "tf_efficientnet_lit0", num_classes=2, weights="none")
 
 
-def test_imagenet_without_bundled_weights_explains():
-    with pytest.raises(WeightsError, match="no offline ImageNet weights for encoder 'resnet18'"):
+def test_imagenet_without_bundled_weights_explains(tmp_path, monkeypatch):
+    # empty caches, network off: the one line names the file and where to put it
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("SEGTUNE_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="timm resnet18.a1_in1k weights: not in the local caches"):
         create_model("unet", "resnet18", num_classes=2, weights="imagenet")
-    with pytest.raises(WeightsError, match="ResNet50_Weights"):
+    with pytest.raises(WeightsError, match="ResNet50_Weights.IMAGENET1K_V1.*resnet50-0676ba61.pth"):
         create_model("fcn_resnet50", num_classes=2, weights="imagenet")
 
 

@@ -26,8 +26,10 @@ _COMMAND_MODULES: tuple[str, ...] = (
 # flag -> dotted config key
 _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "config_arch": ("model.arch", str, "architecture: {architectures} (default unet)"),
-    "encoder": ("model.encoder", str, "timm encoder (default tf_efficientnet_lite0, ImageNet weights bundled)"),
-    "weights": ("model.weights", str, "imagenet | none | weights file | run folder to start from"),
+    "encoder": ("model.encoder", str, "timm encoder, or smp-NAME for SMP's own encoders (default "
+                "tf_efficientnet_lite0, ImageNet weights bundled)"),
+    "weights": ("model.weights", str, "imagenet (bundled, else torch/HF cache or download) | coco (torchvision "
+                "archs) | none | weights file | run folder to start from"),
     "strategy": ("strategy.name", str, "auto (default: chosen from the data size, reason printed) | {strategies}"),
     "freeze_stages": ("strategy.freeze_stages", int, "partial: encoder stages kept frozen"),
     "encoder_lr_factor": ("strategy.encoder_lr_factor", float, "discriminative/gradual: encoder LR = LR x factor"),
@@ -333,7 +335,10 @@ def _cmd_models(a: argparse.Namespace) -> int:
     names = _registered_names()
     print("architectures: " + names["architectures"])
     print("encoders with bundled ImageNet weights: " + ", ".join(list_encoders()))
-    print("any other timm encoder works with --weights none or --weights FILE")
+    print("other encoders: any timm name, or smp-NAME for SMP's own (smp-vgg16); --weights imagenet takes "
+          "them from the torch / Hugging Face cache or the network (SEGTUNE_OFFLINE=1: cache only)")
+    print("--weights coco: torchvision COCO checkpoints for fcn_resnet50, deeplabv3_resnet50, "
+          "lraspp_mobilenet_v3_large (class layer re-initialised)")
     print("strategies: " + names["strategies"].replace(" | ", ", ") + " (and auto: chosen from the data size)")
     print("losses: " + names["losses"].replace(" | ", ", "))
     return 0

@@ -103,10 +103,14 @@ class ModelConfig:
     Attributes:
         arch: ``unet`` | ``fpn`` | ``deeplabv3plus`` (SMP, on a timm encoder) or
             ``fcn_resnet50`` | ``deeplabv3_resnet50`` | ``lraspp_mobilenet_v3_large`` (torchvision).
-        encoder: timm encoder name for SMP architectures (default ImageNet EfficientNet-Lite0).
-        weights: ``imagenet`` (bundled offline weights for the encoder), ``none`` (random init),
-            a path to a weights file (safetensors or torch state dict; encoder or whole model),
-            or a segtune run folder to start from.
+        encoder: timm encoder name for SMP architectures (default ImageNet EfficientNet-Lite0),
+            or ``smp-<name>`` for one of SMP's own encoders (``smp-vgg16``, ``smp-resnet50``).
+        weights: ``imagenet`` (bundled offline weights for EfficientNet-Lite0/1/2; any other
+            encoder's from the torch / Hugging Face cache or, when reachable, the network, see
+            :mod:`segtune.hub`), ``coco`` (torchvision COCO checkpoints of the torchvision
+            architectures, class layer re-initialised), ``none`` (random init), a path to a
+            weights file (safetensors or torch state dict; encoder or whole model), or a segtune
+            run folder to start from.
     """
 
     arch: str = "unet"

@@ -1,6 +1,10 @@
 """Load starting weights into a freshly built :class:`~segtune.models.SegModel`.
 
-``weights`` may be ``imagenet``, ``none``, a weights file or a segtune run folder. Files are matched
+``weights`` may be ``imagenet``, ``coco``, ``none``, a weights file or a segtune run folder.
+``imagenet`` uses the bundled EfficientNet-Lite weights when the encoder has them; otherwise, like
+``coco``, the model's :class:`HubWeights` (fetched by :mod:`segtune.hub` from the torch / Hugging
+Face cache or the network) and its loader: timm checkpoints through timm (strict), encoder
+checkpoints by name, whole-model checkpoints with the class layer re-initialised. Files are matched
 to the model by tensor name, allowing for a different key prefix (``module.``, ``model.``,
 ``encoder.``, ``features.``...): first as a whole-model state dict, then as an encoder state dict.
 EfficientNet-Lite checkpoints in the lukemelas layout are renamed to timm's layout first.
@@ -10,6 +14,9 @@ Every tensor the target needs must be present with the right shape; otherwise a 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,12 +25,13 @@ from torch import Tensor, nn
 
 from .. import _log
 from ..errors import WeightsError
+from ..hub import HubFile
 from .weights import efficientnet_lite_state_dict, load_state_file, remap_efficientnet_lite
 
 if TYPE_CHECKING:
     from .factory import SegModel
 
-__all__ = ["load_weights", "match_state"]
+__all__ = ["HubWeights", "load_hub_encoder", "load_hub_new_head", "load_hub_timm", "load_weights", "match_state"]
 
 _NBT = "num_batches_tracked"
 
@@ -144,7 +152,9 @@ def _load_into(
     source: Path,
     skip: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
-    result = module.load_state_dict(mapped, strict=False)
+    # nn.Module's own method: encoders that override it (SMP's VGG drops keys, returns None)
+    # would second-guess keys that already match the module exactly
+    result = nn.Module.load_state_dict(module, mapped, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(_NBT) and k not in skip]
     bad = missing + list(result.unexpected_keys)
     if bad:  # pragma: no cover - guarded by _require_all
@@ -204,7 +214,12 @@ def _load_file(model: SegModel, path: Path) -> str:
         _load_into(model, mapped, path)
         _log.info(f"weights: {path}: whole model, {len(mapped)} tensors")
         return f"{path} (whole model, {len(mapped)} tensors)"
+    return _load_encoder_state(model, src, path)
 
+
+def _load_encoder_state(model: SegModel, src: dict[str, Tensor], path: Path, label: str = "") -> str:
+    """Load an encoder (or classifier-backbone) state dict into ``model.encoder``; every encoder
+    tensor must be found by name with the right shape."""
     enc = model.encoder
     enc_shapes = _shapes(enc)
     variant = _lukemelas_variant(model, src)
@@ -227,11 +242,11 @@ def _load_file(model: SegModel, path: Path) -> str:
     _require_all(mapped, enc_shapes, path, f"the {model.encoder_name} encoder")
     _reject_foreign(foreign, path, model)
     _load_into(enc, mapped, path)
-    msg = f"weights: {path}: encoder, {len(mapped)} tensors"
+    msg = f"weights: {label + ' ' if label else ''}{path}: encoder, {len(mapped)} tensors"
     if unused:
         msg += f" ({len(unused)} not in the encoder ignored, e.g. {unused[0]})"
     _log.info(msg)
-    return f"{path} (encoder, {len(mapped)} tensors)"
+    return f"{label or path} (encoder, {len(mapped)} tensors)"
 
 
 def _load_run_folder(model: SegModel, folder: Path) -> str:
@@ -280,20 +295,131 @@ def _load_run_folder(model: SegModel, folder: Path) -> str:
     return f"{folder} ({'head re-initialised, ' if differs else ''}{len(mapped)} tensors)"
 
 
+# ------------------------------------------------------------- hub weights
+HubLoader = Callable[["SegModel", Path, HubFile], str]
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """Named pretrained weights (``imagenet``, ``coco``) of a model, fetched by :mod:`segtune.hub`.
+
+    Attributes:
+        file: where the file is cached or downloaded from.
+        load: ``(model, local path, file) -> description``; loads it into the model in place.
+    """
+
+    file: HubFile
+    load: HubLoader
+
+
+def load_hub_encoder(model: SegModel, path: Path, f: HubFile) -> str:
+    """An encoder or classifier checkpoint, matched to ``model.encoder`` by tensor name."""
+    return _load_encoder_state(model, load_state_file(path), path, f.label)
+
+
+def load_hub_timm(model: SegModel, path: Path, f: HubFile) -> str:
+    """A timm classifier checkpoint into an SMP ``tu-`` encoder, through timm's own loader.
+
+    timm converts the checkpoint (its per-model filter) and maps it onto the ``features_only``
+    model, whose module names may differ (``features.0`` -> ``features_0``). The checkpoint is
+    first loaded strictly into the full timm classifier, so a file that lacks tensors or has
+    other shapes is refused instead of loading in part.
+    """
+    import timm
+
+    src = load_state_file(path)
+    enc = model.encoder
+    name = getattr(enc, "name", model.encoder_name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": dict(src)})
+            ref = type(enc)(name=name, pretrained=True, in_channels=enc._in_channels, depth=enc._depth,
+                            output_stride=enc._output_stride,
+                            pretrained_cfg_overlay={"state_dict": dict(src)})
+    except (RuntimeError, KeyError, ValueError, AssertionError) as e:
+        why = (str(e).replace("\n", " ").replace("\t", "")[:200]) or type(e).__name__
+        raise WeightsError(
+            f"{path}: does not fit timm {name} ({why}; fetch the file again or use model.weights=none)"
+        ) from None
+    state = ref.state_dict()
+    enc.load_state_dict(state, strict=True)
+    head = sorted({k.split(".")[0] for k in src} - {k.split(".")[1].split("_")[0] for k in state})
+    _log.info(
+        f"weights: {f.label} ({path}): {len(state)} tensors into the {name} encoder"
+        + (f" (unused: {', '.join(head)})" if head else "")
+    )
+    return f"{f.label} (encoder, {len(state)} tensors)"
+
+
+def _count_by_module(keys: list[str], strip: str = "net.") -> str:
+    counts: dict[str, int] = {}
+    for k in keys:
+        top = k[len(strip) :].split(".")[0] if k.startswith(strip) else k.split(".")[0]
+        counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{m} {n}" for m, n in counts.items())
+
+
+def load_hub_new_head(model: SegModel, path: Path, f: HubFile) -> str:
+    """A whole-model checkpoint (torchvision COCO) with the class layer re-initialised for the
+    model's classes; every other tensor of the model must be in the file."""
+    src = load_state_file(path)
+    shapes = _shapes(model)
+    mapped, unused, foreign = match_state(src, shapes)
+    class_keys = set(model.class_head_keys())
+    old = [tuple(mapped[k].shape) for k in sorted(class_keys) if k in mapped]
+    for k in class_keys:
+        mapped.pop(k, None)
+    _check_shapes(mapped, shapes, path, model)
+    _require_all(mapped, shapes, path, f"{_what(model)} (whole model)", skip=class_keys)
+    _reject_foreign(foreign, path, model)
+    _load_into(model, mapped, path, skip=class_keys)
+    heads = sorted({k.rsplit(".", 1)[0].removeprefix("net.") for k in class_keys})
+    was = f" ({old[0][0]} classes in the file)" if old else ""
+    msg = (
+        f"weights: {f.label} ({path}): loaded {len(mapped)} tensors ({_count_by_module(list(mapped))}); "
+        f"class layer {', '.join(heads)}{was} re-initialised for {model.num_classes} classes"
+    )
+    if unused:
+        msg += f"; unused: {len(unused)} tensors ({_count_by_module(unused, strip='')})"
+    _log.info(msg)
+    return f"{f.label} ({len(mapped)} tensors, class layer re-initialised)"
+
+
+def _load_named(model: SegModel, name: str, hub: dict[str, HubWeights], imagenet_hint: str) -> str:
+    if name not in hub:
+        if name == "imagenet":
+            raise WeightsError(f"model.weights=imagenet: {imagenet_hint}")
+        raise WeightsError(
+            f"model.weights={name}: no {name} weights for {_what(model)} (available: "
+            f"{', '.join(['none', *hub]) or 'none'}; COCO checkpoints exist for the torchvision "
+            "architectures, see `segtune models`)"
+        )
+    from ..hub import fetch
+
+    hw = hub[name]
+    path = fetch(hw.file, f"model.weights={name}")
+    return hw.load(model, path, hw.file)
+
+
 def load_weights(
     model: SegModel,
     weights: str | Path | None,
     *,
     bundled_variant: int | None,
     imagenet_hint: str,
+    hub: dict[str, HubWeights] | None = None,
 ) -> str:
     """Load ``weights`` into ``model`` in place; return a short description of what was loaded.
 
     Args:
         model: freshly built model.
-        weights: ``imagenet`` | ``none`` | weights file | run folder.
-        bundled_variant: EfficientNet-Lite variant when the encoder has offline ImageNet weights.
-        imagenet_hint: message explaining how to get ImageNet weights otherwise.
+        weights: ``imagenet`` | ``coco`` | ``none`` | weights file | run folder.
+        bundled_variant: EfficientNet-Lite variant when the encoder has offline ImageNet weights
+            (used first: no cache or network needed).
+        imagenet_hint: message explaining how to get ImageNet weights when none are known.
+        hub: named weights fetched from the torch / Hugging Face caches or the network
+            (:mod:`segtune.hub`); a file whose name is one of their file names loads the same way.
 
     Raises:
         WeightsError: see the module docstring.
@@ -301,18 +427,20 @@ def load_weights(
     w = "none" if weights is None else str(weights).strip()
     if w.lower() in ("none", "", "random"):
         return "none"
-    if w.lower() == "imagenet":
-        if bundled_variant is None:
-            raise WeightsError(f"model.weights=imagenet: {imagenet_hint}")
+    hub = hub or {}
+    if w.lower() == "imagenet" and bundled_variant is not None:
         return _load_imagenet(model, bundled_variant)
+    if w.lower() in ("imagenet", "coco"):
+        return _load_named(model, w.lower(), hub, imagenet_hint)
     path = Path(w).expanduser()
     if path.is_dir():
         return _load_run_folder(model, path)
     if path.is_file():
-        return _load_file(model, path)
+        known = [hw for hw in hub.values() if hw.file.url_filename == path.name]
+        return known[0].load(model, path, known[0].file) if known else _load_file(model, path)
     from .._registry import did_you_mean
 
     raise WeightsError(
-        f"{path}: weights file or run folder not found{did_you_mean(w, ['imagenet', 'none'])} "
-        "(model.weights takes imagenet, none, a weights file or a segtune run folder)"
+        f"{path}: weights file or run folder not found{did_you_mean(w, ['imagenet', 'coco', 'none'])} "
+        "(model.weights takes imagenet, coco, none, a weights file or a segtune run folder)"
     )

@@ -2,7 +2,9 @@
 
 Architectures:
 
-* SMP decoders on any timm encoder (through SMP's ``tu-`` universal timm encoder):
+* SMP decoders on any timm encoder (through SMP's ``tu-`` universal timm encoder), or on one
+  of SMP's own encoders named ``smp-<name>`` (``smp-vgg16``, ``smp-resnet50``; stages found by
+  the output stride of each part on a probe input, see :func:`_probe_stages`):
   ``unet``, ``unetplusplus``, ``fpn``, ``deeplabv3``, ``deeplabv3plus``, ``linknet``, ``manet``,
   ``upernet``. (``pspnet`` is left out: it builds the whole encoder but only runs its first
   three stages, leaving parameters without gradients, which breaks DDP.)
@@ -39,7 +41,7 @@ Encoder stages (input -> output), used by the transfer strategies:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from torch import Tensor, nn
 
 from .._registry import Registry, did_you_mean
 from ..errors import ConfigError
-from ._loading import load_weights
+from ._loading import HubWeights, load_hub_encoder, load_hub_new_head, load_hub_timm, load_weights
 
 __all__ = [
     "SegModel",
@@ -239,7 +241,8 @@ class _Spec:
     class_head_prefixes: tuple[str, ...]  # relative to net, ending with "."
     output_key: str | None = None
     bundled_variant: int | None = None  # EfficientNet-Lite variant with offline ImageNet weights
-    imagenet_hint: str = ""  # how to get ImageNet weights when none are bundled
+    imagenet_hint: str = ""  # how to get ImageNet weights when none are known
+    hub: dict[str, HubWeights] = field(default_factory=dict)  # named weights from caches / network
 
 
 Builder = Callable[[str, int], _Spec]
@@ -314,23 +317,110 @@ def _timm_feature_stages(fmodel: nn.Module, prefix: str) -> list[list[str]]:
     return [s for s in stages if s]
 
 
+SMP_PREFIX = "smp-"
+
+
+def _check_smp_encoder(encoder: str) -> str:
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    name = encoder[len(SMP_PREFIX) :]
+    valid = get_encoder_names()
+    if name not in valid:
+        raise ConfigError(
+            f"model.encoder={encoder!r}: unknown SMP encoder{did_you_mean(name, valid)} "
+            f"(SMP's own encoders take the prefix {SMP_PREFIX}, e.g. {SMP_PREFIX}vgg16; see "
+            "segmentation_models_pytorch.encoders.get_encoder_names())"
+        )
+    return name
+
+
+def _probe_stages(encoder: nn.Module, prefix: str, size: int = 64) -> list[list[str]]:
+    """Split an encoder into stages by the output stride of its parts, measured on a probe input.
+
+    The encoder's children are the units; a child whose own children reach different strides
+    (VGG's single ``features`` sequence) is split into those children. Units are grouped by the
+    stride of their output (input -> output order); parts the probe never runs join the last stage.
+    """
+    import torch
+
+    strides: dict[str, int] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.ndim == 4:
+                strides.setdefault(name, size // out.shape[-1])
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in encoder.named_modules() if n]
+    was_training = encoder.training
+    try:
+        with torch.no_grad():
+            encoder.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        encoder.train(was_training)
+        for h in hooks:
+            h.remove()
+
+    units: list[str] = []
+    for name, child in encoder.named_children():
+        kids = [f"{name}.{k}" for k, _ in child.named_children()]
+        if len({strides.get(k) for k in kids} - {None}) > 1:
+            units += kids
+        else:
+            units.append(name)
+    levels = sorted({strides[u] for u in units if u in strides})
+    stages: list[list[str]] = [[] for _ in levels]
+    for u in units:
+        stage = levels.index(strides[u]) if u in strides else len(levels) - 1
+        stages[stage].append(f"{prefix}.{u}")
+    return [st for st in stages if st]
+
+
+def _smp_net(cls_name: str, encoder_name: str, num_classes: int, shown: str) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    try:
+        return getattr(smp, cls_name)(encoder_name=encoder_name, encoder_weights=None, classes=num_classes)
+    except (ValueError, RuntimeError, TypeError, KeyError, AssertionError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"model.encoder={shown!r}: cannot be used with {cls_name} ({why}; try {DEFAULT_ENCODER})"
+        ) from None
+
+
+def _smp_native_spec(cls_name: str, encoder: str, num_classes: int) -> _Spec:
+    """An SMP architecture on one of SMP's own encoders (``smp-vgg16``, ``smp-resnet50``...)."""
+    from ..hub import smp_source
+
+    name = _check_smp_encoder(encoder)
+    net = _smp_net(cls_name, name, num_classes, encoder)
+    source = smp_source(name)
+    return _Spec(
+        net=net,
+        encoder_name=f"{SMP_PREFIX}{name}",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        encoder_path="encoder",
+        stage_paths=_probe_stages(net.encoder, "encoder"),
+        class_head_prefixes=("segmentation_head.",),
+        imagenet_hint=f"SMP lists no ImageNet weights for encoder '{name}'; pass a weights file as "
+        "model.weights, or model.weights=none",
+        hub={"imagenet": HubWeights(source, load_hub_encoder)} if source else {},
+    )
+
+
 def _smp_builder(cls_name: str) -> Builder:
     def build(encoder: str, num_classes: int) -> _Spec:
-        import segmentation_models_pytorch as smp
-
+        from ..hub import timm_source
         from .weights import BUNDLED_ENCODERS
 
+        if encoder.startswith(SMP_PREFIX):
+            return _smp_native_spec(cls_name, encoder, num_classes)
         name = _check_timm_encoder(encoder)
-        try:
-            net = getattr(smp, cls_name)(
-                encoder_name=f"tu-{name}", encoder_weights=None, classes=num_classes
-            )
-        except (ValueError, RuntimeError, TypeError, KeyError, AssertionError) as e:
-            why = (str(e).splitlines() or [type(e).__name__])[0]
-            raise ConfigError(
-                f"model.encoder={name!r}: cannot be used with {cls_name} ({why}; try {DEFAULT_ENCODER})"
-            ) from None
+        net = _smp_net(cls_name, f"tu-{name}", num_classes, name)
         mean, std = _timm_norm_constants(name)
+        source = timm_source(name)
         return _Spec(
             net=net,
             encoder_name=name,
@@ -341,10 +431,11 @@ def _smp_builder(cls_name: str) -> Builder:
             class_head_prefixes=("segmentation_head.",),
             bundled_variant=BUNDLED_ENCODERS.get(name),
             imagenet_hint=(
-                f"no offline ImageNet weights for encoder '{name}' (bundled: "
+                f"timm has no pretrained weights for encoder '{name}' (bundled offline: "
                 f"{', '.join(BUNDLED_ENCODERS)}); pass a weights file (safetensors or state dict) "
                 "as model.weights, or model.weights=none"
             ),
+            hub={"imagenet": HubWeights(source, load_hub_timm)} if source else {},
         )
 
     return build
@@ -381,7 +472,18 @@ _RESNET_STAGES = [
 ]
 
 
-def _tv_resnet50(arch: str, fn_name: str, encoder: str, num_classes: int) -> _Spec:
+def _tv_hub(backbone_enum: str, weights_enum: str) -> dict[str, HubWeights]:
+    """torchvision's ImageNet backbone (``IMAGENET1K_V1``, the one its segmentation builders use)
+    and COCO checkpoint (``COCO_WITH_VOC_LABELS_V1``) of a segmentation model."""
+    from ..hub import torchvision_source
+
+    return {
+        "imagenet": HubWeights(torchvision_source(backbone_enum, "IMAGENET1K_V1"), load_hub_encoder),
+        "coco": HubWeights(torchvision_source(weights_enum, "COCO_WITH_VOC_LABELS_V1"), load_hub_new_head),
+    }
+
+
+def _tv_resnet50(arch: str, fn_name: str, encoder: str, num_classes: int, weights_enum: str) -> _Spec:
     from torchvision.models import segmentation as tvseg
 
     _torchvision_encoder(arch, "resnet50", encoder)
@@ -397,22 +499,19 @@ def _tv_resnet50(arch: str, fn_name: str, encoder: str, num_classes: int) -> _Sp
         stage_paths=[[f"backbone.{m}" for m in s] for s in _RESNET_STAGES],
         class_head_prefixes=("classifier.4.",),
         output_key="out",
-        imagenet_hint=(
-            f"{arch} has no offline ImageNet weights; download torchvision's ResNet50_Weights "
-            "file (e.g. resnet50-11ad3fa6.pth) and pass its path as model.weights, "
-            "or use model.weights=none"
-        ),
+        hub=_tv_hub("ResNet50_Weights", weights_enum),
     )
 
 
 @ARCHITECTURES.register("fcn_resnet50")
 def _fcn_resnet50(encoder: str, num_classes: int) -> _Spec:
-    return _tv_resnet50("fcn_resnet50", "fcn_resnet50", encoder, num_classes)
+    return _tv_resnet50("fcn_resnet50", "fcn_resnet50", encoder, num_classes, "FCN_ResNet50_Weights")
 
 
 @ARCHITECTURES.register("deeplabv3_resnet50")
 def _deeplabv3_resnet50(encoder: str, num_classes: int) -> _Spec:
-    return _tv_resnet50("deeplabv3_resnet50", "deeplabv3_resnet50", encoder, num_classes)
+    return _tv_resnet50("deeplabv3_resnet50", "deeplabv3_resnet50", encoder, num_classes,
+                        "DeepLabV3_ResNet50_Weights")
 
 
 @ARCHITECTURES.register("lraspp_mobilenet_v3_large")
@@ -431,11 +530,7 @@ def _lraspp(encoder: str, num_classes: int) -> _Spec:
         stage_paths=[[f"backbone.{i}" for i in g] for g in groups],
         class_head_prefixes=("classifier.low_classifier.", "classifier.high_classifier."),
         output_key="out",
-        imagenet_hint=(
-            "lraspp_mobilenet_v3_large has no offline ImageNet weights; download torchvision's "
-            "MobileNet_V3_Large_Weights file (e.g. mobilenet_v3_large-8738ca79.pth) and pass its "
-            "path as model.weights, or use model.weights=none"
-        ),
+        hub=_tv_hub("MobileNet_V3_Large_Weights", "LRASPP_MobileNet_V3_Large_Weights"),
     )
 
 
@@ -454,8 +549,11 @@ def create_model(
             torchvision architectures when left at the default; anything else than their fixed
             backbone is an error there.
         num_classes: number of classes C (output channels).
-        weights: ``"imagenet"`` (bundled offline weights, only for ``tf_efficientnet_lite0/1/2``
-            encoders), ``"none"`` (random init), a weights file (safetensors or a plain torch
+        weights: ``"imagenet"`` (bundled offline weights for ``tf_efficientnet_lite0/1/2``;
+            for any other timm or SMP encoder and the torchvision backbones the library's
+            ImageNet file from the torch / Hugging Face cache or the network, see
+            :mod:`segtune.hub`), ``"coco"`` (torchvision architectures: the COCO checkpoint,
+            class layer re-initialised for ``num_classes``), ``"none"`` (random init), a weights file (safetensors or a plain torch
             state dict, of the encoder or of the whole model), or a segtune run folder
             (``model.safetensors`` + ``model.yaml``; the class head is re-initialised when the
             class count differs).
@@ -484,6 +582,7 @@ def create_model(
         output_key=spec.output_key,
     )
     model.weights_info = load_weights(
-        model, weights, bundled_variant=spec.bundled_variant, imagenet_hint=spec.imagenet_hint
+        model, weights, bundled_variant=spec.bundled_variant, imagenet_hint=spec.imagenet_hint,
+        hub=spec.hub,
     )
     return model
