@@ -262,8 +262,11 @@ class Predictor:
             written.append(mask_path)
         if skipped:
             _log.info(f"skipped {skipped} image(s) whose mask already exists")
+        if probabilities and written:
+            _log.info(f"probability maps (uint8, 255 = 1.0) in {out_dir / 'probabilities'}")
         if areas is not None:
             write_areas_csv(areas, rows)
+            _log.info(f"class areas of {len(rows) // max(1, len(self._class_names()))} image(s) in {areas}")
         return written
 
     def _class_names(self) -> list[str]:
