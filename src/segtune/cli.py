@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--unknown-as-ignore", action="store_true",
                    help="RGB masks: read colours missing from colors: as ignore_index "
                         "(like unknown_as_ignore: true in dataset.yaml)")
+    c.add_argument("--fix", metavar="OUT",
+                   help="write a repaired copy to the new folder OUT (masks resized / snapped / converted to "
+                        "index PNG, EXIF applied; the originals are never touched) and check it")
 
     e = sub.add_parser("evaluate", help="per-class metrics of a trained run on a data set")
     e.add_argument("run", help="run folder written by segtune train")
@@ -293,6 +296,13 @@ def _cmd_check(a: argparse.Namespace) -> int:
     spec = load_dataset_spec(a.data)
     if a.unknown_as_ignore:
         spec.unknown_as_ignore = True
+    if a.fix:
+        from .repair import fix_dataset
+
+        fixed = fix_dataset(spec, a.fix, max_pixels=a.max_pixels, progress=True)
+        print(fixed.format())
+        print()
+        spec = load_dataset_spec(fixed.out)
     report = check_data(spec, max_pixels=a.max_pixels, progress=True, strict=a.strict)
     print(report.format())
     return 0 if report.ok else 2

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._progress import progress_iter
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, _read_image, _read_mask
-from .pairing import Problem, find_pairs, list_files
+from .pairing import Problem, list_files, split_pairs
 from .spec import DatasetSpec, load_dataset_spec
 
 __all__ = ["Problem", "DataReport", "check_data", "MIN_SIDE"]
@@ -187,7 +187,7 @@ class _Agg:
         return out
 
 
-_SKIP_NOTES = {"jpeg_mask", "cmyk"}  # reported per folder by pairing / harmless
+_SKIP_NOTES = {"jpeg_mask", "cmyk", "binary_threshold"}  # reported per folder / by _snapped_problems / harmless
 
 
 def _hash_file(path: Path) -> str | None:
@@ -244,7 +244,8 @@ def check_data(
     tasks = _collect_pairs(spec, strict, tally)
     for sname, img, mask in progress_iter(tasks, "checking data", show=None if progress else False):
         _check_pair(sname, img, mask, max_pixels, tally)
-    problems = tally.problems + tally.agg.problems() + _leakage(tally.hashes) + _summary_problems(spec, tally)
+    problems = (tally.problems + tally.agg.problems() + _snapped_problems(spec, tally) + _leakage(tally.hashes)
+                + _summary_problems(spec, tally))
     problems.sort(key=lambda p: p.level != "error")  # errors first (stable), warnings after
     return DataReport(
         spec=spec,
@@ -272,6 +273,7 @@ class _Tally:
         self.default_ignore_masks = 0  # masks holding the default (unstated) ignore value
         self.sizes: dict[str, list[tuple[int, int]]] = {}
         self.hashes: dict[str, list[tuple[str, Path]]] = {}
+        self.snapped: dict[str, list[Any]] = {}  # split -> [masks, pixels, first mask]
 
 
 def _collect_pairs(spec: DatasetSpec, strict: bool, tally: _Tally) -> list[tuple[str, Path, Path | None]]:
@@ -281,10 +283,10 @@ def _collect_pairs(spec: DatasetSpec, strict: bool, tally: _Tally) -> list[tuple
         tally.pairs[sname] = []
         tally.sizes[sname] = []
         if split.masks is None:
-            files, probs = list_files(split.images, "image")
+            files, probs = list_files(split.images, "image", split.recursive)
             tasks += [(sname, f, None) for f in files]
         else:
-            pairs, probs = find_pairs(split.images, split.masks)
+            pairs, probs = split_pairs(split)
             tasks += [(sname, i, m) for i, m in pairs]
         for p in probs:
             if strict and p.message in _ORPHAN_MESSAGES:
@@ -333,6 +335,10 @@ def _check_mask(sname: str, img: Path, mask: Path, dimg: Any, max_pixels: int, t
     for kind, msg in dm.notes:
         if kind not in _SKIP_NOTES:
             tally.agg.add(sname, "mask:" + kind, mask, msg)
+    if dm.changed:
+        item = tally.snapped.setdefault(sname, [0, 0, mask])
+        item[0] += 1
+        item[1] += dm.changed
     m = dm.array
     if dimg is not None and m.shape != dimg.array.shape[:2]:
         ok = False
@@ -411,6 +417,23 @@ def _summary_problems(spec: DatasetSpec, tally: _Tally) -> list[Problem]:
     return out
 
 
+def _snapped_problems(spec: DatasetSpec, tally: _Tally) -> list[Problem]:
+    """One warning per split: how many mask pixels were snapped (JPEG) or thresholded (binary)."""
+    out = []
+    for split, (n_masks, n_px, first) in tally.snapped.items():
+        if spec.mask_format == "binary":
+            what = f"thresholded at binary_threshold {spec.binary_threshold} (values other than 0 and 255)"
+        else:
+            what = "snapped to the nearest valid value (JPEG compression noise)"
+        out.append(Problem(
+            str(first),
+            f"{n_px:,} mask pixels in {n_masks} mask(s) of {split} were {what}",
+            "check-data --fix OUT writes a copy with these masks saved as PNG",
+            level="warning",
+        ))
+    return out
+
+
 def _size_problem(img: Path, mask: Path, dimg: Any, m: np.ndarray) -> Problem:
     ih, iw = dimg.array.shape[:2]
     mh, mw = m.shape
@@ -419,12 +442,15 @@ def _size_problem(img: Path, mask: Path, dimg: Any, m: np.ndarray) -> Problem:
             str(mask),
             f"mask is {mw}x{mh}, which matches image {img.name} as stored, but the image's EXIF orientation "
             f"({dimg.orientation}) makes it {iw}x{ih}",
-            "rotate the mask to match the displayed image, or re-save the image without EXIF orientation",
+            "rotate the mask to match the displayed image, or re-save the image without EXIF orientation; "
+            "check-data --fix OUT writes such a copy",
         )
+    same_aspect = abs((mw / mh) / (iw / ih) - 1.0) <= 0.01 if mh and ih else False
     return Problem(
         str(mask),
         f"size mismatch: image {img.name} is {iw}x{ih} but the mask is {mw}x{mh}",
-        "masks must have their image's size; segtune never resizes them",
+        "same aspect ratio: check-data --fix OUT writes a copy with the mask resized (nearest neighbour)"
+        if same_aspect else "masks must have their image's size; segtune never resizes them",
     )
 
 

@@ -186,14 +186,14 @@ class SegDataModule(L.LightningDataModule):
         return split.train, split.val
 
     def _split_pairs(self, name: str) -> list[Pair]:
-        from .pairing import find_pairs
+        from .pairing import split_pairs
 
         split = self.spec.splits[name]
         if split.masks is None:
             raise DataError(
                 f"{self.spec_source}: split '{name}' has no masks folder (add masks: DIR under splits.{name})"
             )
-        pairs, problems = find_pairs(split.images, split.masks)
+        pairs, problems = split_pairs(split)
         pairs = sorted((Path(i), Path(m)) for i, m in pairs)
         n_all = len(pairs)
         if self.skip:

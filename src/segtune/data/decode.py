@@ -5,7 +5,11 @@
   multi-frame files read at their first frame. Always ``(H, W, 3) uint8``.
 * Masks: class indices as ``(H, W) int64``. 8/16-bit single-channel values are kept as they
   are (no clipping), palette PNG indices ARE the class ids (never ``convert('L')``), RGB colour
-  masks are mapped through ``DatasetSpec.colors``, binary 0/255 masks become 0/1.
+  masks are mapped through ``DatasetSpec.colors``, binary masks are thresholded at
+  ``binary_threshold`` (0/255 -> 0/1), and a ``label_map`` (stored value -> class id) is applied.
+* JPEG masks (lossy: stray values on class edges) are snapped to the nearest valid value (class
+  id, ignore value, label-map key or class colour); the number of changed pixels is kept in
+  ``_Decoded.changed`` for check-data.
 * Unreadable, empty, truncated, non-image and over-large files raise
   :class:`DecodeError` (a :class:`~segtune.errors.DataError`) with a one-line message
   ``<file>: <what is wrong> (<how to fix>)``.
@@ -37,6 +41,8 @@ class MaskEncoding(Protocol):
     ignore_index: int
     ignore_index_explicit: bool
     unknown_as_ignore: bool
+    binary_threshold: int
+    label_map: dict[int, int] | None
 
     @property
     def num_classes(self) -> int: ...
@@ -80,6 +86,7 @@ class _Decoded:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
     orientation: int = 1
     raw_size: tuple[int, int] = (0, 0)  # (W, H) as stored, before EXIF transpose
+    changed: int = 0  # mask pixels snapped (JPEG) or thresholded (binary) to a valid value
 
 
 # ------------------------------------------------------------------ notices
@@ -97,7 +104,7 @@ def _notice_once(kind: str, path: Path | str, msg: str, level: str = "warn") -> 
     (_log.warn if level == "warn" else _log.info)(text)
 
 
-_INFO_KINDS = {"cmyk"}
+_INFO_KINDS = {"cmyk", "binary_threshold"}
 
 
 def _emit(path: Path, notes: list[tuple[str, str]]) -> None:
@@ -506,31 +513,21 @@ def _read_mask(path: Path, spec: MaskEncoding, max_pixels: int = DEFAULT_MAX_PIX
         ) from None
     finally:
         im.close()
-    if path.suffix.lower() in (".jpg", ".jpeg"):
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    if jpeg:
         notes.append(("jpeg_mask", "JPEG mask: lossy compression puts stray values on class edges"))
-
     if a.ndim == 3:
         equal = bool(
             np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 0], a[:, :, 2])
         )
-        if fmt == "rgb":
-            return _Decoded(_map_colors(a, spec, path, notes), notes, orient, raw_size)
-        if equal:
+        if fmt != "rgb" and equal:
             a = np.ascontiguousarray(a[:, :, 0])
-        elif fmt in ("index", "palette", "binary"):
-            raise DecodeError(
-                path,
-                f"RGB colour mask but dataset.yaml says mask_format: {fmt}",
-                "set mask_format: rgb and list colors: (one [r, g, b] per class) in dataset.yaml",
-            )
-        elif spec.colors is None:
-            raise DecodeError(
-                path,
-                "RGB colour mask but dataset.yaml has no colors:",
-                "add colors: to dataset.yaml, one [r, g, b] per class in class order",
-            )
         else:
-            return _Decoded(_map_colors(a, spec, path, notes), notes, orient, raw_size)
+            _check_colour_mask(path, spec, fmt)
+            changed = 0
+            if jpeg:
+                a, changed = _snap_colors(a, spec)
+            return _Decoded(_map_colors(a, spec, path, notes), notes, orient, raw_size, changed)
     elif fmt == "rgb":
         g = a.astype(np.int64)
         if g.size and (g.min() < 0 or g.max() > 255):
@@ -539,14 +536,49 @@ def _read_mask(path: Path, spec: MaskEncoding, max_pixels: int = DEFAULT_MAX_PIX
                 "mask_format: rgb but the mask is a 16-bit single-channel image",
                 "set mask_format: index for class-index masks",
             )
-        return _Decoded(
-            _map_colors(np.repeat(g[:, :, None], 3, axis=2), spec, path, notes), notes, orient, raw_size
+        rgb = np.repeat(g[:, :, None], 3, axis=2)
+        changed = 0
+        if jpeg:
+            rgb, changed = _snap_colors(rgb, spec)
+        return _Decoded(_map_colors(rgb, spec, path, notes), notes, orient, raw_size, changed)
+    out, changed = _index_values(a.astype(np.int64), spec, is_pal, jpeg, notes)
+    return _Decoded(out, notes, orient, raw_size, changed)
+
+
+def _check_colour_mask(path: Path, spec: MaskEncoding, fmt: str) -> None:
+    """Refuse a colour mask the data set cannot map (wrong format, or no colours)."""
+    if fmt in ("index", "palette", "binary"):
+        raise DecodeError(
+            path,
+            f"RGB colour mask but dataset.yaml says mask_format: {fmt}",
+            "set mask_format: rgb and list colors: (one [r, g, b] per class) in dataset.yaml",
+        )
+    if fmt != "rgb" and spec.colors is None:
+        raise DecodeError(
+            path,
+            "RGB colour mask but dataset.yaml has no colors:",
+            "add colors: to dataset.yaml, one [r, g, b] per class in class order",
         )
 
-    out = a.astype(np.int64)
+
+def _index_values(
+    out: np.ndarray, spec: MaskEncoding, is_pal: bool, jpeg: bool, notes: list[tuple[str, str]]
+) -> tuple[np.ndarray, int]:
+    """Single-channel stored values ``(H, W) int64`` -> class ids, and the pixels snapped/thresholded."""
+    fmt = spec.mask_format
     if fmt == "binary":
-        out[a == 255] = 1
-    elif (
+        thr = int(getattr(spec, "binary_threshold", 128))
+        notes.append(("binary_threshold", f"binary masks: values >= {thr} are class 1, below are class 0 "
+                                          "(binary_threshold in dataset.yaml; 0/1 masks are read as they are)"))
+        if not out.size or int(out.max()) <= 1:
+            return out, 0
+        changed = int(np.count_nonzero((out != 0) & (out != 255)))
+        return (out >= thr).astype(np.int64), changed
+    changed = 0
+    label_map = getattr(spec, "label_map", None)
+    if jpeg:
+        out, changed = _snap_values(out, _valid_values(spec, out, label_map))
+    if (
         fmt == "auto"
         and not is_pal
         and spec.num_classes == 2
@@ -563,7 +595,64 @@ def _read_mask(path: Path, spec: MaskEncoding, max_pixels: int = DEFAULT_MAX_PIX
                 "(set mask_format: binary to silence this, or ignore_index: 255 if 255 means unlabelled)",
             )
         )
-    return _Decoded(out, notes, orient, raw_size)
+    if label_map:
+        out = _apply_label_map(out, label_map)
+    return out, changed
+
+
+def _valid_values(spec: MaskEncoding, out: np.ndarray, label_map: dict[int, int] | None) -> np.ndarray:
+    """The stored values a JPEG mask is snapped to."""
+    if label_map:
+        return np.array(sorted(label_map), np.int64)
+    if (
+        spec.mask_format == "auto"
+        and spec.num_classes == 2
+        and not (spec.ignore_index_explicit and spec.ignore_index == 255)
+        and out.size
+        and int(out.max()) > 1
+    ):
+        return np.array([0, 255], np.int64)  # a 0/255 binary mask, read as binary afterwards
+    return np.array(sorted(set(range(spec.num_classes)) | {int(spec.ignore_index)}), np.int64)
+
+
+def _snap_values(out: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value -> the nearest of ``valid`` (sorted; ties to the lower); returns (array, changed)."""
+    if not out.size or not valid.size:
+        return out, 0
+    idx = np.clip(np.searchsorted(valid, out), 1, max(len(valid) - 1, 1))
+    lo = valid[idx - 1] if len(valid) > 1 else valid[np.zeros_like(idx)]
+    hi = valid[idx] if len(valid) > 1 else lo
+    snapped = np.where(np.abs(out - lo) <= np.abs(hi - out), lo, hi)
+    return snapped, int(np.count_nonzero(snapped != out))
+
+
+def _snap_colors(rgb: np.ndarray, spec: MaskEncoding) -> tuple[np.ndarray, int]:
+    """Each colour -> the nearest class colour (or ``ignore_color``); returns ``(H, W, 3)`` and changed pixels."""
+    palette = list(spec.colors or [])
+    if spec.ignore_color is not None:
+        palette.append(tuple(spec.ignore_color))
+    if not palette or not rgb.size:
+        return rgb, 0
+    pal = np.array(palette, np.int64)
+    flat = rgb.reshape(-1, 3).astype(np.int64)
+    codes = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    cols = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], axis=1)
+    nearest = pal[np.argmin(((cols[:, None, :] - pal[None, :, :]) ** 2).sum(axis=2), axis=1)]
+    out = nearest[inverse.ravel()]
+    changed = int(np.count_nonzero((out != flat).any(axis=1)))
+    return out.reshape(rgb.shape).astype(np.uint8), changed
+
+
+def _apply_label_map(out: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
+    """Stored values -> class ids through ``label_map`` (values not in it are kept as stored)."""
+    if not out.size or int(out.min()) < 0:
+        return out
+    top = max(int(out.max()), max(label_map)) + 1
+    lut = np.arange(top, dtype=np.int64)
+    for k, v in label_map.items():
+        lut[k] = v
+    return lut[out]
 
 
 def read_mask(

@@ -20,9 +20,12 @@ import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "Problem",
+    "split_pairs",
+    "read_stem_list",
     "IMAGE_EXTS",
     "MASK_EXTS",
     "LOSSY_MASK_EXTS",
@@ -87,12 +90,15 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def list_files(folder: str | Path, kind: str = "image") -> tuple[list[Path], list[Problem]]:
-    """List the image (or mask) files directly inside ``folder``.
+def list_files(
+    folder: str | Path, kind: str = "image", recursive: bool = False
+) -> tuple[list[Path], list[Problem]]:
+    """List the image (or mask) files inside ``folder``.
 
     Args:
-        folder: folder to list (not recursive; symlinks followed).
+        folder: folder to list (symlinks to files followed).
         kind: ``"image"`` or ``"mask"`` (selects the accepted extensions; masks also take jpg).
+        recursive: also list sub-folders (not symlinked ones), e.g. Cityscapes' city folders.
 
     Returns:
         ``(files, problems)``: files sorted by name; problems for a missing or empty folder and
@@ -113,13 +119,46 @@ def list_files(folder: str | Path, kind: str = "image") -> tuple[list[Path], lis
         ]
     files: list[Path] = []
     other_exts: dict[str, int] = {}
+    todo = [folder]
     n_subdirs = 0
+    while todo:
+        sub = todo.pop(0)
+        subdirs = _scan(sub, exts, files, other_exts, problems)
+        if isinstance(subdirs, Problem):
+            return [], [subdirs]
+        if recursive:
+            todo += [d for d in subdirs if not d.is_symlink()]  # no symlink loops
+        else:
+            n_subdirs += len(subdirs)
+    if not files:
+        extra = []
+        if other_exts:
+            extra.append(
+                f"{sum(other_exts.values())} file(s) with other extensions: "
+                + ", ".join(sorted(other_exts))
+            )
+        if n_subdirs:
+            extra.append(f"{n_subdirs} subfolder(s), which are not searched")
+        accepted = ", ".join(sorted(e.lstrip(".") for e in exts))
+        problems.append(
+            Problem(
+                str(folder),
+                f"no {kind} files found" + (f" ({'; '.join(extra)})" if extra else ""),
+                f"accepted extensions: {accepted}",
+            )
+        )
+    return files, problems
+
+
+def _scan(
+    folder: Path, exts: frozenset[str], files: list[Path], other_exts: dict[str, int], problems: list[Problem]
+) -> list[Path] | Problem:
+    """Add the files of one folder to ``files``; return its (non-symlink) sub-folders."""
+    subdirs: list[Path] = []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
-        return [], [
-            Problem(str(folder), f"cannot list folder ({e.strerror or e})", "check permissions")
-        ]
+        return Problem(str(folder), f"cannot list folder ({e.strerror or e})", "check permissions")
     for entry in entries:
         name = entry.name
         if _is_hidden(name):
@@ -144,7 +183,7 @@ def list_files(folder: str | Path, kind: str = "image") -> tuple[list[Path], lis
         except OSError:
             continue
         if is_dir:
-            n_subdirs += 1
+            subdirs.append(path)
             continue
         if not is_file:
             continue
@@ -153,31 +192,76 @@ def list_files(folder: str | Path, kind: str = "image") -> tuple[list[Path], lis
             files.append(path)
         else:
             other_exts[ext or "(none)"] = other_exts.get(ext or "(none)", 0) + 1
-    if not files:
-        extra = []
-        if other_exts:
-            extra.append(
-                f"{sum(other_exts.values())} file(s) with other extensions: "
-                + ", ".join(sorted(other_exts))
-            )
-        if n_subdirs:
-            extra.append(f"{n_subdirs} subfolder(s), which are not searched")
-        accepted = ", ".join(sorted(e.lstrip(".") for e in exts))
-        problems.append(
-            Problem(
-                str(folder),
-                f"no {kind} files found" + (f" ({'; '.join(extra)})" if extra else ""),
-                f"accepted extensions: {accepted}",
-            )
-        )
-    return files, problems
+    return subdirs
 
 
-def _group(files: list[Path]) -> dict[str, list[Path]]:
+def _group(files: list[Path], suffix: str = "", only_suffixed: bool = False) -> dict[str, list[Path]]:
+    """Files by matching key (NFC stem, ``suffix`` stripped; ``only_suffixed`` drops the others)."""
     out: dict[str, list[Path]] = {}
     for f in files:
-        out.setdefault(stem_key(f), []).append(f)
+        key = stem_key(f)
+        if suffix and key.endswith(suffix) and len(key) > len(suffix):
+            key = key[: -len(suffix)]
+        elif only_suffixed:
+            continue
+        out.setdefault(key, []).append(f)
     return out
+
+
+def read_stem_list(path: str | Path) -> list[str]:
+    """Stems of a split list file: one per line (first word; blank and ``#`` lines skipped).
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    from ..errors import DataError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the split list file ({e}); check list: in dataset.yaml") from None
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(unicodedata.normalize("NFC", Path(line.split()[0]).stem))
+    return out
+
+
+def split_pairs(split: Any) -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """Pairs of a :class:`~segtune.data.spec.Split`, honouring its list file, suffixes and recursion.
+
+    Args:
+        split: a split with ``images``, ``masks`` (not None), ``list_file``, ``image_suffix``,
+            ``mask_suffix`` and ``recursive``.
+
+    Returns:
+        ``(pairs, problems)`` as :func:`find_pairs`; a stem listed in the list file without an
+        image is a warning.
+    """
+    stems = read_stem_list(split.list_file) if getattr(split, "list_file", None) is not None else None
+    pairs, problems = find_pairs(
+        split.images, split.masks, recursive=getattr(split, "recursive", False),
+        image_suffix=getattr(split, "image_suffix", ""), mask_suffix=getattr(split, "mask_suffix", ""),
+        stems=set(stems) if stems is not None else None,
+    )
+    if stems is not None:
+        found = {_key(p[0], getattr(split, "image_suffix", "")) for p in pairs}
+        found |= {_key(Path(p.path), getattr(split, "image_suffix", "")) for p in problems}
+        missing = [s for s in stems if s not in found]
+        if missing:
+            problems.append(Problem(
+                str(split.list_file),
+                f"{len(missing)} listed stem(s) have no image, e.g. {', '.join(missing[:3])}",
+                f"add the images to {split.images} or remove the lines",
+                level="warning",
+            ))
+    return pairs, problems
+
+
+def _key(path: Path, suffix: str) -> str:
+    key = stem_key(path)
+    return key[: -len(suffix)] if suffix and key.endswith(suffix) else key
 
 
 def _strip_suffix(stem: str) -> str | None:
@@ -189,13 +273,24 @@ def _strip_suffix(stem: str) -> str | None:
 
 
 def find_pairs(
-    images_dir: str | Path, masks_dir: str | Path
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    *,
+    recursive: bool = False,
+    image_suffix: str = "",
+    mask_suffix: str = "",
+    stems: set[str] | None = None,
 ) -> tuple[list[tuple[Path, Path]], list[Problem]]:
     """Pair images with masks by file stem.
 
     Args:
         images_dir: folder of images.
         masks_dir: folder of masks.
+        recursive: search sub-folders too.
+        image_suffix: stripped from image stems before matching.
+        mask_suffix: stripped from mask stems before matching; masks without it are not taken.
+        stems: when given, only images whose (suffix-stripped) stem is in it; unmatched masks of
+            other stems are not reported.
 
     Returns:
         ``(pairs, problems)``: ``(image, mask)`` paths sorted by stem, and the problems found:
@@ -203,11 +298,14 @@ def find_pairs(
         candidates listed), image without mask and mask without image (warnings: skipped),
         JPEG masks (one warning per folder).
     """
-    images, problems = list_files(images_dir, "image")
-    masks, mproblems = list_files(masks_dir, "mask")
+    images, problems = list_files(images_dir, "image", recursive)
+    masks, mproblems = list_files(masks_dir, "mask", recursive)
     problems += mproblems
-    img_by = _group(images)
-    mask_by = _group(masks)
+    img_by = _group(images, image_suffix)
+    mask_by = _group(masks, mask_suffix, only_suffixed=bool(mask_suffix))
+    if stems is not None:
+        img_by = {k: v for k, v in img_by.items() if k in stems}
+        mask_by = {k: v for k, v in mask_by.items() if k in stems}
 
     # Masks named <stem>_mask etc. pair with image <stem> when nothing matches exactly.
     for key in list(mask_by):

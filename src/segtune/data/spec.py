@@ -7,14 +7,23 @@ A ``dataset.yaml`` looks like::
     colors: [[128, 128, 128], ...]         # optional; needed for RGB colour masks
     ignore_index: 11                       # mask value excluded from loss and metrics (default 255)
     mask_format: index                     # auto | index | palette | rgb | binary
+    binary_threshold: 128                  # binary masks: values >= this are class 1
     unknown_as_ignore: false               # RGB masks: colours not in colors -> ignore_index
+    label_map: {7: 0, 8: 1, 0: ignore}     # optional: stored mask value -> class id (others kept)
     splits:
       train: {images: train, masks: trainannot}   # relative to the yaml's folder
-      val: {images: val, masks: valannot}
+      val: {images: val, masks: valannot, list: val.txt}   # list: one file stem per line
+
+A standard layout is named with ``format:`` (``voc``, ``cityscapes``, ``ade20k``, ``coco``; see
+:mod:`segtune.formats`), optionally with ``root:`` (the data folder, default the yaml's folder);
+the keys written beside it override the layout's. A split may also take ``coco: FILE.json``
+(masks rasterised from COCO annotations and cached), ``image_suffix`` / ``mask_suffix`` (stripped
+from file stems before pairing) and ``recursive: true`` (search sub-folders).
 
 :func:`load_dataset_spec` turns it into a :class:`DatasetSpec`. A folder without a yaml but
 with ``images/`` + ``masks/`` (or ``train/images`` + ``train/masks`` and so on) also works: the
-classes are then inferred by scanning the mask values.
+classes are then inferred by scanning the mask values. A folder in one of the standard layouts
+is detected when exactly one layout matches.
 """
 
 from __future__ import annotations
@@ -50,8 +59,13 @@ DATASET_KEYS = (
     "splits",
     "ignore_color",
     "unknown_as_ignore",
+    "format",
+    "root",
+    "label_map",
+    "binary_threshold",
+    "coco_crowd",
 )
-SPLIT_KEYS = ("images", "masks")
+SPLIT_KEYS = ("images", "masks", "list", "image_suffix", "mask_suffix", "recursive", "coco")
 _YAML_NAMES = ("dataset.yaml", "dataset.yml")
 
 
@@ -63,10 +77,21 @@ class Split:
         images: folder of images (absolute or relative to the working directory).
         masks: folder of masks paired with the images by file stem; ``None`` for an
             unlabelled split (prediction only).
+        list_file: optional text file with one stem per line: only those images are in the split.
+        image_suffix: stripped from image stems before pairing (Cityscapes ``_leftImg8bit``).
+        mask_suffix: stripped from mask stems before pairing; with it only masks whose stem ends
+            with it are taken (Cityscapes ``_gtFine_labelIds``).
+        recursive: search sub-folders of ``images`` and ``masks`` too.
+        coco: the COCO JSON the masks were rasterised from (``masks`` is then the cache folder).
     """
 
     images: Path
     masks: Path | None = None
+    list_file: Path | None = None
+    image_suffix: str = ""
+    mask_suffix: str = ""
+    recursive: bool = False
+    coco: Path | None = None
 
 
 @dataclass
@@ -89,6 +114,11 @@ class DatasetSpec:
         ignore_index_explicit: ``True`` when ``ignore_index`` was written in dataset.yaml. In ``auto``
             mode, masks holding only 0 and 255 are read as binary (255 -> 1) when there are two
             classes and 255 was not explicitly declared the ignore value.
+        format: the standard layout this spec was built from (``format:``), or ``""``.
+        label_map: stored mask value -> class id (or ``ignore_index``), applied to index and palette
+            masks; values not in the map are kept as stored. ``None``: values are class ids.
+        binary_threshold: ``mask_format: binary``: values >= this are class 1, below class 0
+            (masks holding only 0 and 1 are read as they are).
     """
 
     root: Path
@@ -102,6 +132,9 @@ class DatasetSpec:
     unknown_as_ignore: bool = False
     yaml_path: Path | None = None
     ignore_index_explicit: bool = False
+    format: str = ""
+    label_map: dict[int, int] | None = None
+    binary_threshold: int = 128
 
     @property
     def num_classes(self) -> int:
@@ -124,11 +157,27 @@ class DatasetSpec:
             d["ignore_color"] = list(self.ignore_color)
         if self.unknown_as_ignore:
             d["unknown_as_ignore"] = True
-        d["splits"] = {
-            k: {"images": str(s.images), **({"masks": str(s.masks)} if s.masks is not None else {})}
-            for k, s in self.splits.items()
-        }
+        if self.label_map is not None:
+            d["label_map"] = dict(self.label_map)
+        if self.binary_threshold != 128:
+            d["binary_threshold"] = self.binary_threshold
+        d["splits"] = {k: _split_dict(s) for k, s in self.splits.items()}
         return d
+
+
+def _split_dict(s: Split) -> dict[str, Any]:
+    d: dict[str, Any] = {"images": str(s.images)}
+    if s.masks is not None:
+        d["masks"] = str(s.masks)
+    if s.list_file is not None:
+        d["list"] = str(s.list_file)
+    if s.image_suffix:
+        d["image_suffix"] = s.image_suffix
+    if s.mask_suffix:
+        d["mask_suffix"] = s.mask_suffix
+    if s.recursive:
+        d["recursive"] = True
+    return d
 
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:
@@ -161,12 +210,28 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
         if (p / n).is_file():
             return _from_yaml(p / n)
     splits = _folder_splits(p)
-    if not splits:
+    if splits:
+        return _infer_spec(p, splits)
+    return _detect_layout(p)
+
+
+def _detect_layout(p: Path) -> DatasetSpec:
+    """A folder in exactly one standard layout (VOC, Cityscapes, ...) -> its spec."""
+    from ..formats import detect_layouts, list_layouts
+
+    found = detect_layouts(p)
+    if len(found) > 1:
+        raise ConfigError(
+            f"{p}: the folder matches several layouts ({', '.join(found)}); "
+            f"write a dataset.yaml with format: one of them"
+        )
+    if not found:
         raise DataError(
-            f"{p}: no dataset.yaml and no images/ + masks/ folders "
+            f"{p}: no dataset.yaml and no images/ + masks/ folders, nor a known layout ({', '.join(list_layouts())}) "
             "(add a dataset.yaml with splits:, or put images in images/ and masks in masks/)"
         )
-    return _infer_spec(p, splits)
+    _log.info(f"{p}: detected the {found[0]} layout (write format: {found[0]} in a dataset.yaml to make it explicit)")
+    return _from_dict({"format": found[0]}, p.resolve(), None)
 
 
 # ------------------------------------------------------------------ yaml
@@ -190,118 +255,181 @@ def _from_yaml(yaml_path: Path) -> DatasetSpec:
     for k in d:
         if k not in DATASET_KEYS:
             raise _unknown_key(yaml_path, "", k, DATASET_KEYS)
-    root = yaml_path.parent.resolve()
+    return _from_dict(d, yaml_path.parent.resolve(), yaml_path)
 
-    # splits
+
+def _with_layout(d: dict[str, Any], root: Path, source: Path) -> tuple[dict[str, Any], Path]:
+    """Merge the named layout's description under the user's keys; returns (dict, data root)."""
+    data_root = _resolve(root, d["root"]) if d.get("root") else root
+    if not d.get("format"):
+        return d, data_root
+    from ..formats import describe_layout
+
+    try:
+        base = describe_layout(str(d["format"]), data_root)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    merged = {**base, **{k: v for k, v in d.items() if k != "root"}}
+    merged["format"] = base["format"]
+    return merged, data_root
+
+
+def _from_dict(d: dict[str, Any], root: Path, yaml_path: Path | None) -> DatasetSpec:
+    """Build and validate a spec from a dataset.yaml-style dict (paths relative to ``root``)."""
+    source = yaml_path if yaml_path is not None else root
+    d, data_root = _with_layout(d, root, source)
+    splits = _parse_splits(d, data_root if d.get("format") or d.get("root") else root, source)
+    opts = _parse_options(d, source)
+    classes = d.get("classes")
+    coco_split = next((s for s in splits.values() if s.coco is not None), None)
+    if classes is None and coco_split is not None and opts["colors"] is None:
+        from ..formats.coco import coco_classes, load_coco
+
+        classes = coco_classes(load_coco(coco_split.coco))
+    spec = DatasetSpec(root=root, classes=[], splits=splits, name=str(d.get("name") or root.name),
+                       yaml_path=yaml_path.resolve() if yaml_path is not None else None,
+                       format=str(d.get("format") or ""), **opts)
+    if classes is None:
+        if spec.colors is not None:
+            spec.classes = [f"class_{i}" for i in range(len(spec.colors))]
+        else:
+            _fill_inferred_classes(spec)
+    else:
+        spec.classes = _parse_classes(source, classes)
+    spec.label_map = _parse_label_map(source, d.get("label_map"), spec)
+    _validate(spec)
+    if coco_split is not None:
+        _rasterize_coco_splits(spec, str(d.get("coco_crowd") or "class"))
+    return spec
+
+
+def _parse_classes(source: Path, classes: Any) -> list[str]:
+    if not isinstance(classes, list) or not classes:
+        raise ConfigError(f"{source}: classes must be a non-empty list of names, got {classes!r}")
+    classes = [str(c) for c in classes]
+    dups = sorted({c for c in classes if classes.count(c) > 1})
+    if dups:
+        raise ConfigError(f"{source}: duplicate class names {dups} (class names must be unique)")
+    return classes
+
+
+def _parse_splits(d: dict[str, Any], root: Path, source: Path) -> dict[str, Split]:
     raw_splits = d.get("splits")
-    splits: dict[str, Split] = {}
     if raw_splits is None:
         splits = _folder_splits(root)
         if not splits:
             raise ConfigError(
-                f"{yaml_path}: no 'splits:' and no images/ + masks/ folders beside it "
+                f"{source}: no 'splits:' and no images/ + masks/ folders beside it "
                 "(add splits: {train: {images: DIR, masks: DIR}})"
             )
-    else:
-        if not isinstance(raw_splits, dict) or not raw_splits:
-            raise ConfigError(
-                f"{yaml_path}: 'splits' must be a mapping like {{train: {{images: DIR, masks: DIR}}}}"
-            )
-        for sname, sval in raw_splits.items():
-            if sname not in SPLIT_NAMES:
-                raise _unknown_key(yaml_path, "splits.", sname, SPLIT_NAMES)
-            if isinstance(sval, str):  # shorthand: a folder holding images/ + masks/
-                base = _resolve(root, sval)
-                sval = {"images": str(base / "images"), "masks": str(base / "masks")}
-            if not isinstance(sval, dict):
-                raise ConfigError(
-                    f"{yaml_path}: splits.{sname} must be a mapping {{images: DIR, masks: DIR}}, got {sval!r}"
-                )
-            for k in sval:
-                if k not in SPLIT_KEYS:
-                    raise _unknown_key(yaml_path, f"splits.{sname}.", k, SPLIT_KEYS)
-            if not sval.get("images"):
-                raise ConfigError(f"{yaml_path}: splits.{sname} needs 'images: DIR'")
-            masks = sval.get("masks")
-            splits[sname] = Split(
-                images=_resolve(root, sval["images"]),
-                masks=_resolve(root, masks) if masks else None,
-            )
+        return splits
+    if not isinstance(raw_splits, dict) or not raw_splits:
+        raise ConfigError(
+            f"{source}: 'splits' must be a mapping like {{train: {{images: DIR, masks: DIR}}}}"
+        )
+    return {sname: _parse_split(source, root, sname, sval) for sname, sval in raw_splits.items()}
 
-    mask_format = d.get("mask_format", "auto")
-    if mask_format is None:
-        mask_format = "auto"
+
+def _parse_split(source: Path, root: Path, sname: Any, sval: Any) -> Split:
+    if sname not in SPLIT_NAMES:
+        raise _unknown_key(source, "splits.", sname, SPLIT_NAMES)
+    if isinstance(sval, str):  # shorthand: a folder holding images/ + masks/
+        base = _resolve(root, sval)
+        sval = {"images": str(base / "images"), "masks": str(base / "masks")}
+    if not isinstance(sval, dict):
+        raise ConfigError(
+            f"{source}: splits.{sname} must be a mapping {{images: DIR, masks: DIR}}, got {sval!r}"
+        )
+    for k in sval:
+        if k not in SPLIT_KEYS:
+            raise _unknown_key(source, f"splits.{sname}.", k, SPLIT_KEYS)
+    if not sval.get("images"):
+        raise ConfigError(f"{source}: splits.{sname} needs 'images: DIR'")
+    if sval.get("masks") and sval.get("coco"):
+        raise ConfigError(f"{source}: splits.{sname} has both masks: and coco: (keep one)")
+    for k in ("image_suffix", "mask_suffix"):
+        if not isinstance(sval.get(k, ""), str):
+            raise ConfigError(f"{source}: splits.{sname}.{k} must be a text, got {sval[k]!r}")
+    if not isinstance(sval.get("recursive", False), bool):
+        raise ConfigError(f"{source}: splits.{sname}.recursive must be true or false")
+    masks, lst, coco = sval.get("masks"), sval.get("list"), sval.get("coco")
+    return Split(
+        images=_resolve(root, sval["images"]),
+        masks=_resolve(root, masks) if masks else None,
+        list_file=_resolve(root, lst) if lst else None,
+        image_suffix=sval.get("image_suffix", ""),
+        mask_suffix=sval.get("mask_suffix", ""),
+        recursive=bool(sval.get("recursive", False)) or bool(coco),
+        coco=_resolve(root, coco) if coco else None,
+    )
+
+
+def _parse_options(d: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The scalar keys: mask_format, ignore_index, colours, unknown_as_ignore, binary_threshold."""
+    mask_format = d.get("mask_format") or "auto"
     if mask_format not in MASK_FORMATS:
         raise ConfigError(
-            f"{yaml_path}: mask_format: {mask_format!r} is not valid{did_you_mean(str(mask_format), MASK_FORMATS)}; "
+            f"{source}: mask_format: {mask_format!r} is not valid{did_you_mean(str(mask_format), MASK_FORMATS)}; "
             f"valid: {', '.join(MASK_FORMATS)}"
         )
-
-    ignore_explicit = d.get("ignore_index") is not None
-    ignore_index = d.get("ignore_index", 255)
-    if ignore_index is None:
-        ignore_index = 255
+    ignore_index = d.get("ignore_index")
+    explicit = ignore_index is not None
+    ignore_index = 255 if ignore_index is None else ignore_index
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ConfigError(f"{yaml_path}: ignore_index must be an integer, got {ignore_index!r}")
-
-    colors = _parse_colors(yaml_path, d.get("colors"), "colors")
+        raise ConfigError(f"{source}: ignore_index must be an integer, got {ignore_index!r}")
     ignore_color = None
     if d.get("ignore_color") is not None:
-        ignore_color = _parse_colors(yaml_path, [d["ignore_color"]], "ignore_color")[0]  # type: ignore[index]
-
-    unknown_as_ignore = d.get("unknown_as_ignore", False)
-    if unknown_as_ignore is None:
-        unknown_as_ignore = False
+        ignore_color = _parse_colors(source, [d["ignore_color"]], "ignore_color")[0]  # type: ignore[index]
+    unknown_as_ignore = d.get("unknown_as_ignore") or False
     if not isinstance(unknown_as_ignore, bool):
-        raise ConfigError(
-            f"{yaml_path}: unknown_as_ignore must be true or false, got {unknown_as_ignore!r}"
-        )
+        raise ConfigError(f"{source}: unknown_as_ignore must be true or false, got {unknown_as_ignore!r}")
+    thr = d.get("binary_threshold", 128)
+    if isinstance(thr, bool) or not isinstance(thr, int) or not 1 <= thr <= 65535:
+        raise ConfigError(f"{source}: binary_threshold must be an integer 1..65535, got {thr!r}")
+    crowd = d.get("coco_crowd") or "class"
+    if crowd not in ("class", "ignore"):
+        raise ConfigError(f"{source}: coco_crowd: {crowd!r} is not valid; choose class or ignore")
+    return {
+        "colors": _parse_colors(source, d.get("colors"), "colors"),
+        "ignore_index": ignore_index,
+        "ignore_index_explicit": explicit,
+        "mask_format": mask_format,
+        "ignore_color": ignore_color,
+        "unknown_as_ignore": unknown_as_ignore,
+        "binary_threshold": thr,
+    }
 
-    classes = d.get("classes")
-    name = d.get("name") or root.name
-    if classes is None:
-        spec = DatasetSpec(
-            root=root,
-            classes=[],
-            colors=colors,
-            ignore_index=ignore_index,
-            mask_format=mask_format,
-            splits=splits,
-            name=str(name),
-            ignore_color=ignore_color,
-            unknown_as_ignore=unknown_as_ignore,
-            yaml_path=yaml_path.resolve(),
-            ignore_index_explicit=ignore_explicit,
-        )
-        if colors is not None:
-            spec.classes = [f"class_{i}" for i in range(len(colors))]
+
+def _parse_label_map(source: Path, raw: Any, spec: DatasetSpec) -> dict[int, int] | None:
+    """``{stored value: class id | 'ignore'}`` -> ``{int: int}`` ('ignore' / null -> ignore_index)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: label_map must be a mapping {{stored value: class id or ignore}}")
+    out: dict[int, int] = {}
+    for k, v in raw.items():
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"{source}: label_map key {k!r} is not a mask value (an integer >= 0)")
+        if v is None or v == "ignore":
+            out[k] = spec.ignore_index
+        elif isinstance(v, int) and not isinstance(v, bool) and (0 <= v < spec.num_classes or v == spec.ignore_index):
+            out[k] = v
         else:
-            _fill_inferred_classes(spec)
-        _validate(spec)
-        return spec
-    if not isinstance(classes, list) or not classes:
-        raise ConfigError(
-            f"{yaml_path}: classes must be a non-empty list of names, got {classes!r}"
-        )
-    classes = [str(c) for c in classes]
-    dups = sorted({c for c in classes if classes.count(c) > 1})
-    if dups:
-        raise ConfigError(f"{yaml_path}: duplicate class names {dups} (class names must be unique)")
-    spec = DatasetSpec(
-        root=root,
-        classes=classes,
-        colors=colors,
-        ignore_index=ignore_index,
-        mask_format=mask_format,
-        splits=splits,
-        name=str(name),
-        ignore_color=ignore_color,
-        unknown_as_ignore=unknown_as_ignore,
-        yaml_path=yaml_path.resolve(),
-        ignore_index_explicit=ignore_explicit,
-    )
-    _validate(spec)
-    return spec
+            raise ConfigError(
+                f"{source}: label_map {k}: {v!r} is not a class id 0..{spec.num_classes - 1} or 'ignore'"
+            )
+    return out
+
+
+def _rasterize_coco_splits(spec: DatasetSpec, crowd: str) -> None:
+    """Point each COCO split's masks at its cached rasterised masks (built on first use)."""
+    from ..formats.coco import coco_masks
+
+    for split in spec.splits.values():
+        if split.coco is not None:
+            split.masks = coco_masks(split.coco, spec.classes, crowd, spec.ignore_index)
+    if spec.mask_format == "auto":
+        spec.mask_format = "index"
 
 
 def _validate(spec: DatasetSpec) -> None:

@@ -255,7 +255,8 @@ def _eval_loader(run: str | Path, data: str | Path, split: str | None, meta: dic
                  batch_size: int) -> tuple[Any, str, int, DataLoader, int]:
     """The data set's spec, the split chosen, the label shift (1 for an incremental model with a
     synthetic background, else 0), a loader over its pairs and their number."""
-    from ..data import SegDataset, eval_transforms, find_pairs, load_dataset_spec, pad_collate
+    from ..data import SegDataset, eval_transforms, load_dataset_spec, pad_collate
+    from ..data.pairing import split_pairs
 
     spec = load_dataset_spec(data)
     # an incremental model with a synthetic background (index 0) scores data that lists the
@@ -270,7 +271,7 @@ def _eval_loader(run: str | Path, data: str | Path, split: str | None, meta: dic
     s = spec.splits[split]
     if s.masks is None:
         raise DataError(f"{s.images}: the '{split}' split has no masks to score against (add its masks folder)")
-    pairs, problems = find_pairs(s.images, s.masks)
+    pairs, problems = split_pairs(s)
     if not pairs:
         raise DataError(f"{s.images}: no image/mask pairs to evaluate" + (f" ({problems[0]})" if problems else ""))
     for p in problems:
