@@ -21,6 +21,7 @@ __all__ = ["main", "build_parser"]
 # subparsers to ``sub`` (keep its imports light; import heavy modules inside the handlers)
 # and returns the handlers by command name. Add one line here per package.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "segtune.selection.commands",
 )
 
 # flag -> dotted config key

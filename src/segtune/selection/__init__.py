@@ -24,9 +24,20 @@ __all__ = [
     "log_evidence",
     "logme",
     "logme_fit",
+    "rank_encoders",
+    "format_table",
+    "Ranking",
+    "parse_candidates",
+    "Candidate",
 ]
 
-_LAZY: dict[str, str] = {}
+_LAZY = {
+    "rank_encoders": "rank",
+    "format_table": "rank",
+    "Ranking": "rank",
+    "parse_candidates": "candidates",
+    "Candidate": "candidates",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ features are expected to transfer better. None needs training, and all are regis
   Learning", ICML 2021): for each class ``c`` a Bayesian linear model ``y_c = F w + e`` with
   ``w ~ N(0, 1/alpha I)``, ``e ~ N(0, 1/beta I)`` and one-vs-rest targets ``y_c = [label == c]``;
   ``alpha, beta`` maximise the evidence ``log p(y_c | F, alpha, beta)`` by the paper's fixed-point
-  iteration on the SVD of ``F``; the score is the maximised evidence divided by ``N``, averaged
+  iteration on the SVD of ``F`` (from the eigendecomposition of ``F^T F``); the score is the maximised evidence divided by ``N``, averaged
   over the classes present. Natural log, per sample.
 * **H-score** (Bao et al., "An Information-theoretic Approach to Transferability in Task Transfer
   Learning", ICIP 2019): ``tr(cov(f)^+ cov(E[f | y]))`` with sample covariances (``N - 1``) and
@@ -125,17 +125,22 @@ def logme_fit(features: np.ndarray, target: np.ndarray) -> tuple[float, float, f
 
 
 def _logme_targets(f: np.ndarray, ys: np.ndarray) -> list[tuple[float, float, float]]:
-    """:func:`logme_fit` for each column of ``ys (N, K)``, sharing one SVD of ``f``."""
+    """:func:`logme_fit` for each column of ``ys (N, K)``, sharing one eigendecomposition.
+
+    The SVD of ``F`` comes from ``F^T F = V diag(sigma) V^T`` (D x D, cheap for N >> D): the
+    projection of ``y`` on the left singular vector ``u_i = F v_i / s_i`` is
+    ``v_i^T F^T y / s_i``. Eigenvalues below ``1e-10`` of the largest count as zero.
+    """
     n, d = f.shape
-    u, s, _ = np.linalg.svd(f, full_matrices=False)  # u (N, k), s (k,), k = min(N, D)
-    sigma = np.zeros(d)
-    sigma[: s.size] = s**2  # F^T F has D - k zero eigenvalues when N < D
+    sigma, v = np.linalg.eigh(f.T @ f)
+    keep = sigma > 1e-10 * max(float(sigma.max()), 1e-300)
+    sigma = np.where(keep, sigma, 0.0)
+    proj = v.T @ (f.T @ ys)  # (D, K): s_i * x_i
+    x2_all = np.where(keep[:, None], proj**2 / np.where(keep, sigma, 1.0)[:, None], 0.0)
     out = []
-    for y in ys.T:
-        x = u.T @ y
-        x2 = np.zeros(d)
-        x2[: x.size] = x**2
-        res_x2 = max(float(y @ y - (x**2).sum()), 0.0)
+    for k, y in enumerate(ys.T):
+        x2 = x2_all[:, k]
+        res_x2 = max(float(y @ y - x2.sum()), 0.0)
         out.append(_fixed_point(sigma, x2, res_x2, n, d))
     return out
 
@@ -198,8 +203,8 @@ def gbc(features: np.ndarray, labels: np.ndarray, dims: int = 64) -> float:
     """
     f, y = _check(features, labels)
     f = f - f.mean(axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(f, full_matrices=False)
-    z = f @ vt[: min(dims, vt.shape[0])].T
+    _, v = np.linalg.eigh(f.T @ f)  # principal axes, ascending variance
+    z = f @ v[:, ::-1][:, : min(dims, f.shape[1])]
     stats = []
     for c in np.unique(y):
         zc = z[y == c]
