@@ -74,7 +74,6 @@ def test_cli_writes_table_json_and_plot(synthetic: Path, tmp_path: Path, capsys)
     ("no_such_encoder_xyz", "unknown timm encoder"),
     ("runs/missing-run", "candidate not found"),
     ("tf_efficientnet_lite0:missing.safetensors", "weights file not found"),
-    ("resnet18", "no offline ImageNet weights"),
 ])
 def test_bad_candidate_is_a_one_line_error(synthetic: Path, tmp_path: Path, capsys, candidates, expect) -> None:
     out = tmp_path / "rank"
