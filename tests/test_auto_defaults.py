@@ -14,12 +14,16 @@ def test_auto_fills_only_unset_values_and_explains() -> None:
     row = choose_defaults(92)
     assert cfg.strategy.name == row.strategy and cfg.optim.lr == row.lr
     assert cfg.train.epochs == default_epochs(92, cfg.data.batch_size)
-    assert len(notes) == 3 and "92 training images" in notes[0] and row.why in notes[0]
+    # strategy, lr, epochs, then the crop/augmentation (sizes unknown here: the 384 crop)
+    assert len(notes) == 4 and "92 training images" in notes[0] and row.why in notes[0]
+    assert (cfg.data.augment, cfg.data.crop_size) == ("full", 384) and "image sizes unknown" in notes[3]
 
     user = Config()
     user.strategy.name, user.optim.lr, user.train.epochs = "full", 5e-4, 7
+    user.data.augment, user.data.crop_size = "full", 256
     assert resolve_auto(user, 92) == []
     assert (user.strategy.name, user.optim.lr, user.train.epochs) == ("full", 5e-4, 7)
+    assert (user.data.augment, user.data.crop_size) == ("full", 256)
 
 
 def test_default_epochs_target_about_1000_steps_clamped() -> None:

@@ -38,8 +38,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "max_steps": ("train.max_steps", int, "stop after this many optimiser steps"),
     "lr": ("optim.lr", float, "learning rate of the decoder/head (default: the strategy's measured value, printed)"),
     "batch_size": ("data.batch_size", int, "training batch size (per device: DDP's global batch is devices x nodes x this)"),
-    "crop_size": ("data.crop_size", int, "training crop side (multiple of 32)"),
-    "augment": ("data.augment", str, "full (random crop + flip, plus rescale / colour jitter when "
+    "crop_size": ("data.crop_size", int, "training crop side (multiple of 32; default: from the image sizes, printed)"),
+    "augment": ("data.augment", str, "auto (default: flip for images no larger than a 384 crop, else full; printed) | full (random crop + flip, plus rescale / colour jitter when "
                 "data.scale_min/scale_max / data.color_jitter are set) | flip (whole images, random flips only)"),
     "cache_features": ("train.cache_features", str, "auto | on | off: head strategy + --augment flip trains the "
                        "decoder from encoder features computed once per image and flip (auto: when valid)"),

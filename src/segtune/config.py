@@ -48,7 +48,9 @@ class DataConfig:
             or the path of a dataset.yaml file.
         val_fraction: share of training pairs held out for validation when the data set
             has no val split (seeded by ``train.seed``).
-        crop_size: side in pixels of the square random crop used in training (a multiple of 32).
+        crop_size: side in pixels of the square random crop used in training (a multiple of 32);
+            None (default): chosen from the training images' sizes by ``auto``
+            (:func:`segtune.strategies.auto.choose_shape`: 384, or less for smaller images).
         scale_min, scale_max: random rescale range applied before the crop (1, 1 = off, the
             default). On CamVid with the head strategy the usual 0.5-2 range (plus colour
             jitter) cost 3-7 mIoU points at 200 steps, and even 0.75-1.25 cost 2-3 points at
@@ -59,7 +61,9 @@ class DataConfig:
             disables it; on CamVid 0.2 cost up to 2 mIoU points at 200 steps and 0.1 gained
             nothing, see benchmarks/RESULTS.md; worth trying when test images differ in
             lighting or camera from the training images).
-        augment: ``full`` (random rescale, crop, flip and colour jitter as set above) or
+        augment: ``auto`` (default: ``flip`` when the training images are no larger than a
+            384 x 384 crop, else ``full``; :func:`segtune.strategies.auto.choose_shape`),
+            ``full`` (random rescale, crop, flip and colour jitter as set above) or
             ``flip``: whole images, no rescale/crop/jitter, each padded bottom/right to the
             training set's largest size (rounded up to a multiple of 32; mask padding is
             ``ignore_index``) and flipped horizontally at random when ``hflip`` is set. With
@@ -79,12 +83,12 @@ class DataConfig:
 
     root: str | None = None
     val_fraction: float = 0.2
-    crop_size: int = 384
+    crop_size: int | None = None
     scale_min: float = 1.0
     scale_max: float = 1.0
     hflip: bool = True
     color_jitter: float = 0.0
-    augment: str = "full"
+    augment: str = "auto"
     batch_size: int = 8
     val_batch_size: int = 4
     num_workers: int = 0
@@ -316,7 +320,7 @@ class Config:
         _choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)
         _choice("optim.lr_scaling", self.optim.lr_scaling, LR_SCALING)
         _choice("data.cache", self.data.cache, ("auto", "ram", "none"))
-        _choice("data.augment", self.data.augment, AUGMENTS)
+        _choice("data.augment", self.data.augment, ("auto", *AUGMENTS))
         _choice("train.cache_features", self.train.cache_features, ("auto", "on", "off"))
         _choice("train.precision", self.train.precision, ("auto", "32", "16-mixed", "bf16-mixed"))
         if self.optim.lr is not None:
@@ -337,8 +341,9 @@ class Config:
         _positive("data.batch_size", self.data.batch_size)
         _positive("data.val_batch_size", self.data.val_batch_size)
         _nonneg("data.num_workers", self.data.num_workers)
-        _positive("data.crop_size", self.data.crop_size)
-        if self.data.crop_size % 32:
+        if self.data.crop_size is not None:
+            _positive("data.crop_size", self.data.crop_size)
+        if self.data.crop_size is not None and self.data.crop_size % 32:
             raise ConfigError(
                 f"data.crop_size={self.data.crop_size} must be a multiple of 32 "
                 f"(try {max(32, round(self.data.crop_size / 32) * 32)})"

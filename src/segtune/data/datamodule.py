@@ -280,8 +280,9 @@ class SegDataModule(L.LightningDataModule):
         if getattr(c, "augment", "full") == "flip":
             return flip_only_transforms(self.mean, self.std, self.ignore_index,
                                         p=0.5 if c.hflip else 0.0, size=self.train_pad_size())
+        # crop_size None: a DataConfig that auto did not resolve (used directly): the former default
         return train_transforms(
-            c.crop_size, self.mean, self.std, self.ignore_index,
+            c.crop_size or 384, self.mean, self.std, self.ignore_index,
             scale=(c.scale_min, c.scale_max), hflip=c.hflip, color_jitter=c.color_jitter,
         )
 

@@ -302,6 +302,20 @@ def _check_data(cfg: Config, rank: int) -> _Data:
     return _Data(spec, report, skip)
 
 
+def _probe(cfg: Config, spec: Any, images: list[Path]) -> Any:
+    """The data probe ``auto`` decides from (:func:`segtune.strategies.probe.probe_data`); the
+    pretrained encoder is built for the domain-shift signal only when ``auto`` picks the strategy."""
+    from ..models import create_model
+    from ..strategies.auto import AUTO
+    from ..strategies.probe import probe_data
+
+    model = None
+    if cfg.strategy.name == AUTO and cfg.model.weights != "none":
+        model = create_model(cfg.model.arch, cfg.model.encoder, num_classes=spec.num_classes,
+                             weights=cfg.model.weights)
+    return probe_data(images, model, seed=cfg.train.seed)
+
+
 def _choose_defaults(start: _Start, data: _Data, auto: bool = True) -> list[str]:
     """Fill ``auto`` values from the number of training images (new runs only); write
     config.yaml (rank 0). Returns the lines explaining the choices (printed once the model
@@ -320,7 +334,7 @@ def _choose_defaults(start: _Start, data: _Data, auto: bool = True) -> list[str]
             val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
             max_train_images=cfg.data.max_train_images, source=str(cfg.data.root),
         )
-        notes = resolve_auto(cfg, len(split.train))
+        notes = resolve_auto(cfg, len(split.train), _probe(cfg, spec, [i for i, _ in split.train]))
     if start.rank == 0 and (not start.resuming or not (start.run_dir / CONFIG_FILE).is_file()):
         atomic_write_yaml(start.run_dir / CONFIG_FILE, cfg.to_dict())
     return notes

@@ -1,4 +1,16 @@
-"""Defaults chosen from measurements: the strategy, LR and epochs a user gets when passing nothing.
+"""Defaults chosen from measurements and from the data: what a user gets when passing nothing.
+
+``auto`` decides the strategy, LR, epochs, crop and augmentation from a probe of the training data
+(:class:`segtune.strategies.probe.DataProbe`): the number of labelled images, their sizes and a
+measured domain-shift signal (:func:`segtune.strategies.probe.bn_shift`).
+
+* **Crop and augmentation** (:func:`choose_shape`), from the image sizes: whole images with random
+  flips (``data.augment: flip``) when the largest training image, rounded up to a multiple of 32,
+  is no larger than a 384 x 384 crop; otherwise random crops of 384 pixels, never larger than the
+  median image's short side (so small images are never padded far beyond their size).
+* **Strategy and LR** (:func:`choose_defaults`), from the number of images and the shift: rows of
+  :data:`AUTO_TABLE` for data close to the pretraining domain, :data:`SHIFTED_TABLE` above
+  :data:`SHIFT_THRESHOLD`.
 
 The strategy per size comes from ``benchmarks/transfer_curve.py`` on CamVid (Unet + ImageNet
 EfficientNet-Lite0; chosen and scored on CamVid val, as RESULTS.md says); the head LR and class
@@ -10,16 +22,24 @@ name other than ``auto``, ``optim.lr``, ``train.epochs``) is never replaced.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .probe import DataProbe
 
 #: ``strategy.name`` value that asks for the measured choice (not a registered strategy).
 AUTO = "auto"
 
-__all__ = ["AUTO", "AutoChoice", "AUTO_TABLE", "choose_defaults", "default_epochs", "resolve_auto", "steps_per_epoch"]
+__all__ = ["AUTO", "AUTO_AUGMENT", "AutoChoice", "AUTO_TABLE", "CROP", "SHIFT_THRESHOLD", "SHIFTED_TABLE",
+           "ShapeChoice", "choose_defaults", "choose_shape", "default_epochs", "resolve_auto", "steps_per_epoch"]
+
+#: ``data.augment`` value that asks ``auto`` to choose between crops and whole images.
+AUTO_AUGMENT = "auto"
+#: the crop side (pixels) used for images larger than it; whole images at or below its area.
+CROP = 384
 
 
 @dataclass(frozen=True)
@@ -96,26 +116,123 @@ def default_epochs(num_train_images: int, batch_size: int = 8, target_steps: int
     return int(min(200, max(30, -(-target_steps // per_epoch))))
 
 
-def choose_defaults(num_train_images: int) -> AutoChoice:
-    """The measured row for a data set of ``num_train_images`` training images."""
-    for row in AUTO_TABLE:
+#: :func:`~segtune.strategies.probe.bn_shift` above which data counts as far from the pretraining
+#: domain (nats; the geometric midpoint between CamVid's and ISBI 2012 EM's measured shifts,
+#: ``benchmarks/auto.json``; two domains measured, so the boundary is coarse).
+SHIFT_THRESHOLD = 0.2
+
+#: Rows for data far from the pretraining domain (shift above :data:`SHIFT_THRESHOLD`); empty:
+#: the same rows as near data (:data:`AUTO_TABLE`).
+SHIFTED_TABLE: tuple[AutoChoice, ...] = ()
+
+
+def choose_defaults(num_train_images: int, shift: float | None = None) -> AutoChoice:
+    """The measured row for ``num_train_images`` training images at domain shift ``shift``
+    (None: not measured, treated as near)."""
+    table = SHIFTED_TABLE if shift is not None and shift > SHIFT_THRESHOLD and SHIFTED_TABLE else AUTO_TABLE
+    for row in table:
         if num_train_images <= row.max_images:
             return row
-    return AUTO_TABLE[-1]
+    return table[-1]
 
 
-def resolve_auto(cfg: Config, num_train_images: int) -> list[str]:
-    """Fill ``strategy.name == "auto"``, ``optim.lr is None`` and ``train.epochs is None`` in place.
+@dataclass(frozen=True)
+class ShapeChoice:
+    """What the training samples look like.
+
+    Attributes:
+        augment: ``flip`` (whole images, padded to the largest one, random flips) or ``full``
+            (random crops + flips).
+        crop_size: the crop side for ``full`` (None for ``flip``).
+        why: the reason, printed to the user.
+    """
+
+    augment: str
+    crop_size: int | None
+    why: str
+
+
+def _round_up(v: int, m: int = 32) -> int:
+    return -(-v // m) * m
+
+
+def _crop_side(sizes: tuple[tuple[int, int], ...] | list[tuple[int, int]], crop: int = CROP) -> int:
+    """``crop``, capped at the median short side rounded to the nearest multiple of 32 (>= 32)."""
+    if not sizes:
+        return crop
+    short = statistics.median(min(w, h) for w, h in sizes)
+    return int(max(32, min(crop, round(short / 32) * 32)))
+
+
+def choose_shape(sizes: tuple[tuple[int, int], ...] | list[tuple[int, int]], crop: int = CROP) -> ShapeChoice:
+    """Whole images or crops, from the training images' ``(W, H)`` sizes.
+
+    Whole images (``flip``) when the largest image padded to a multiple of 32 has at most
+    ``crop x crop`` pixels and the median image fills at least half of that padded area (a few
+    large images among small ones would otherwise pad every batch). Else random crops of
+    ``crop``, capped at the median short side rounded to the nearest multiple of 32 (at least 32),
+    so a crop never pads an image far beyond its size.
+    """
+    if not sizes:
+        return ShapeChoice("full", crop, f"image sizes unknown: random {crop}-pixel crops + flips")
+    H, W = _round_up(max(h for _, h in sizes)), _round_up(max(w for w, _ in sizes))
+    med_area = statistics.median(w * h for w, h in sizes)
+    if H * W <= crop * crop and med_area >= 0.5 * H * W:
+        return ShapeChoice("flip", None, (
+            f"whole images padded to {W}x{H} + random flips: the images (largest {max(w for w, _ in sizes)}x"
+            f"{max(h for _, h in sizes)}) are no larger than a {crop}x{crop} crop, which would pad them to "
+            f"{crop * crop / med_area:.1f}x their area"))
+    short = int(statistics.median(min(w, h) for w, h in sizes))
+    side = _crop_side(sizes, crop)
+    return ShapeChoice("full", side, (
+        f"random {side}x{side} crops + flips: the images (median short side {short} px) are larger than "
+        f"whole-image batches allow ({W}x{H} padded > {crop}x{crop})" if side == crop else
+        f"random {side}x{side} crops + flips: the median short side is {short} px, so a {crop} crop would "
+        f"pad most images"))
+
+
+def _resolve_shape(cfg: Config, probe: DataProbe | None) -> list[str]:
+    """Fill ``data.augment == "auto"`` and ``data.crop_size is None`` from the image sizes."""
+    d, notes = cfg.data, []
+    sizes = probe.sizes if probe is not None else ()
+    shape = choose_shape(sizes)
+    asked = [k for k, on in (("data.crop_size", d.crop_size is not None),
+                             ("data.scale_min/scale_max", (d.scale_min, d.scale_max) != (1.0, 1.0)),
+                             ("data.color_jitter", bool(d.color_jitter))) if on]
+    if d.augment == AUTO_AUGMENT and asked:  # settings that only random crops use: the user wants crops
+        shape = ShapeChoice("full", d.crop_size, f"{' and '.join(asked)} set, which only random crops use")
+    if d.augment == AUTO_AUGMENT:
+        d.augment = shape.augment
+        if shape.crop_size is not None and d.crop_size is None:
+            d.crop_size = shape.crop_size
+        notes.append(f"data.augment -> {d.augment}" + (f", data.crop_size -> {d.crop_size}" if d.augment == "full" else "")
+                     + f" ({shape.why}; set --augment / --crop-size to change)")
+    if d.crop_size is None and d.augment != "flip":
+        d.crop_size = _crop_side(sizes)
+        notes.append(f"data.crop_size -> {d.crop_size} (from the image sizes; set --crop-size to change)")
+    return notes
+
+
+def resolve_auto(cfg: Config, num_train_images: int, probe: DataProbe | None = None) -> list[str]:
+    """Fill ``strategy.name == "auto"``, ``optim.lr is None``, ``train.epochs is None``,
+    ``data.augment == "auto"`` and ``data.crop_size is None`` in place.
+
+    Args:
+        cfg: the config (changed in place; values the user set are kept).
+        num_train_images: training images after the train/val split.
+        probe: the data probe (image sizes, domain shift); None: sizes and shift unknown (the
+            near-domain rows and random crops of :data:`CROP`).
 
     Returns:
         Lines explaining what was chosen and why (empty when the user set everything).
     """
-    row = choose_defaults(num_train_images)
+    shift = probe.shift if probe is not None else None
+    row = choose_defaults(num_train_images, shift)
     notes: list[str] = []
     if cfg.strategy.name == AUTO:
         cfg.strategy.name = row.strategy
         notes.append(
-            f"strategy auto -> {row.strategy} for {num_train_images} training images: {row.why}"
+            f"strategy auto -> {row.strategy} for {num_train_images} training images{_shift_text(shift)}: {row.why}"
         )
     if cfg.optim.lr is None:
         from .builtin import STRATEGY_REGISTRY
@@ -133,4 +250,12 @@ def resolve_auto(cfg: Config, num_train_images: int) -> list[str]:
             f"images at batch {cfg.data.batch_size}: about 1000, within 30-200 epochs; early stopping "
             f"after {cfg.train.early_stopping} validations without gain; set --epochs to change)"
         )
-    return notes
+    return notes + _resolve_shape(cfg, probe)
+
+
+def _shift_text(shift: float | None) -> str:
+    if shift is None:
+        return " (domain shift not measured)"
+    side = "above" if shift > SHIFT_THRESHOLD else "at or below"
+    return (f", domain shift {shift:.2f} ({side} {SHIFT_THRESHOLD:g}: BatchNorm statistics of the pretrained "
+            f"encoder on your images vs its pretraining data)")
