@@ -175,7 +175,14 @@ class OptimConfig:
         optimizer: ``adamw`` | ``sgd`` (momentum 0.9, nesterov).
         lr: learning rate of the decoder/head (encoder groups derive theirs from the strategy);
             ``None`` = the measured default for the strategy and data size (printed).
-        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        weight_decay: the L2 regularisation term: decoupled weight decay with AdamW (each step
+            multiplies the weights by ``1 - lr x weight_decay``), the classic L2 penalty
+            ``weight_decay / 2 x sum w^2`` (gradient ``weight_decay x w``) with SGD. Applied to
+            weights with 2+ dimensions, not to biases or norm parameters.
+        l1: L1 regularisation: adds ``l1 x sum |w|`` over the trainable weights (2+ dimensions,
+            the same ones weight decay acts on) to the training loss, so each gradient gains
+            ``l1 x sign(w)``; pushes weights to exactly 0 (sparsity). 0 (default) disables it;
+            the term is logged as ``l1`` and left out of the reported train loss.
         schedule: ``cosine`` | ``poly`` | ``constant``, stepped per optimiser step.
         warmup_steps: linear warm-up length in optimiser steps (0 disables it).
         grad_clip: clip the global gradient norm to this value (0 disables it).
@@ -188,6 +195,7 @@ class OptimConfig:
     optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float = 1e-4
+    l1: float = 0.0
     schedule: str = "cosine"
     warmup_steps: int = 20
     grad_clip: float = 1.0
@@ -326,6 +334,7 @@ class Config:
         if self.optim.lr is not None:
             _positive("optim.lr", self.optim.lr)
         _nonneg("optim.weight_decay", self.optim.weight_decay)
+        _nonneg("optim.l1", self.optim.l1)
         _nonneg("optim.warmup_steps", self.optim.warmup_steps)
         _nonneg("optim.grad_clip", self.optim.grad_clip)
         if self.train.epochs is not None:

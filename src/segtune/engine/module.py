@@ -123,6 +123,15 @@ class SegTuneModule(L.LightningModule):
         """The scalar training objective; subclasses (e.g. incremental methods) add terms."""
         return self.loss_fn(logits, batch["mask"])
 
+    def l1_penalty(self) -> torch.Tensor | None:
+        """``optim.l1 x sum |w|`` over the trainable weights with 2+ dimensions (the ones weight
+        decay acts on; biases and norm parameters are left out), or None when ``optim.l1`` is 0."""
+        l1 = float(getattr(self.optim_cfg, "l1", 0.0) or 0.0)
+        weights = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1] if l1 else []
+        if not weights:
+            return None
+        return l1 * torch.stack([w.abs().sum() for w in weights]).sum()
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         y = batch["mask"]
         logits = self.forward_train(batch)
@@ -130,7 +139,11 @@ class SegTuneModule(L.LightningModule):
         self._train_loss_sum += float(loss.detach())
         self._train_loss_n += 1
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=y.shape[0])
-        return loss
+        penalty = self.l1_penalty()
+        if penalty is None:
+            return loss
+        self.log("l1", penalty.detach(), on_step=True, on_epoch=False, batch_size=y.shape[0])
+        return loss + penalty
 
     def train_epoch_loss(self) -> float | None:
         return self._train_loss_sum / self._train_loss_n if self._train_loss_n else None
