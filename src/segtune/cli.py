@@ -45,6 +45,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
                        "decoder from encoder features computed once per image and flip (auto: when valid)"),
     "loss": ("loss.name", str, "{losses} (default ce+dice)"),
     "class_weights": ("loss.class_weights", str, "median (default; weights the CE term) | inverse | none"),
+    "logger": ("train.logger", str, "none (default) | {loggers}: experiment tracking under the run folder"),
     "seed": ("train.seed", int, "random seed (a CPU run repeats exactly)"),
     "out": ("train.out", str, "parent folder of run folders (default runs)"),
     "name": ("train.name", str, "run folder name"),
@@ -61,8 +62,10 @@ def _registered_names() -> dict[str, str]:
     from .losses import list_losses
     from .models import list_architectures
     from .strategies import list_strategies
+    from .tracking import list_loggers
 
     return {
+        "loggers": " | ".join(list_loggers()),
         "architectures": ", ".join(list_architectures()),
         "strategies": " | ".join(list_strategies()),
         "losses": " | ".join(list_losses()),

@@ -221,7 +221,13 @@ class TrainConfig:
         out: parent folder of run folders.
         name: run folder name (default: ``<arch>-<strategy>``, numbered if taken).
         overwrite: allow replacing an existing run folder of the same name.
-        num_overlays: validation images written as input | truth | prediction PNGs.
+        num_overlays: validation images written as input | truth | prediction PNGs (and sent
+            to the logger at every validation when ``logger`` is set).
+        logger: ``none`` | ``csv`` | ``tensorboard`` | ``mlflow``: experiment tracking with
+            Lightning's loggers, written under the run folder (``logs/csv``, ``logs/tensorboard``,
+            ``mlruns/``): per-step loss and learning rates, per-epoch losses, mIoU and per-class
+            IoU, validation overlays as images; see :mod:`segtune.tracking`. ``history.csv`` is
+            written either way. TensorBoard and MLflow need ``pip install "segtune[tracking]"``.
         memory: training samples stored with the run (``memory/``, class-balanced) for a later
             ``segtune update`` to replay, so an update can remember the old data even when it is
             gone; 0 stores none.
@@ -257,6 +263,7 @@ class TrainConfig:
     name: str | None = None
     overwrite: bool = False
     num_overlays: int = 4
+    logger: str = "none"
     memory: int = 20
     progress: bool = True
     deterministic: bool = True
@@ -323,6 +330,9 @@ class Config:
         if self.strategy.name != AUTO:
             STRATEGY_REGISTRY.get(self.strategy.name, also=(AUTO,))
         LOSS_REGISTRY.get(self.loss.name)
+        from .tracking import check_logger
+
+        check_logger(self.train.logger)  # also: the logger's package is installed
         _choice("loss.class_weights", self.loss.class_weights, CLASS_WEIGHTS)
         _choice("optim.schedule", self.optim.schedule, SCHEDULES)
         _choice("optim.optimizer", self.optim.optimizer, OPTIMIZERS)

@@ -434,6 +434,12 @@ def _build_trainer(start: _Start, parts: _Parts, extra: Sequence[L.Callback]) ->
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=False))
+    from ..tracking import build_tracking
+
+    spec = parts.spec
+    logger, tracking = build_tracking(cfg.train.logger, run_dir, cfg.train.num_overlays, spec.colors,
+                                      spec.ignore_index, params=cfg.to_dict() if start.rank == 0 else None)
+    callbacks.extend(tracking)
     callbacks.extend(extra)
     precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     parts.summary["precision"] = precision
@@ -446,7 +452,7 @@ def _build_trainer(start: _Start, parts: _Parts, extra: Sequence[L.Callback]) ->
         num_nodes=cfg.train.num_nodes,
         precision=precision,
         callbacks=callbacks,
-        logger=False,
+        logger=logger,
         default_root_dir=str(run_dir),
         gradient_clip_val=cfg.optim.grad_clip or None,
         check_val_every_n_epoch=cfg.train.val_every,
