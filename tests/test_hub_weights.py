@@ -164,3 +164,20 @@ def test_torchvision_imagenet_backbone_from_torch_cache(caches: Path) -> None:
     torch.save(state, torch_hub_dir() / "mobilenet_v3_large-8738ca79.pth")
     m = create_model("lraspp_mobilenet_v3_large", num_classes=3, weights="imagenet")
     assert torch.equal(m.state_dict()["net.backbone.16.0.weight"], state["features.16.0.weight"])
+
+
+def test_weight_sources_benchmark_section_matches_its_json() -> None:
+    """The committed RESULTS.md section is what the committed JSON renders to; nothing trained
+    when a pretrained source was refused (the comparison would not be like for like)."""
+    import json
+
+    from conftest import BENCH, load_benchmark
+
+    bench = load_benchmark("weight_sources")
+    res = json.loads((BENCH / "weight_sources.json").read_text())
+    section = bench._section(res, "benchmarks/weight_sources.json")
+    results = (BENCH / "RESULTS.md").read_text()
+    assert section in results
+    if not all(r["available"] for r in res["resolved"]):
+        assert res["runs"] == [] and "**Not measured.**" in section
+        assert all(r["error"].startswith("model.weights=") and "\n" not in r["error"] for r in res["resolved"])
