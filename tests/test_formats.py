@@ -325,3 +325,24 @@ def test_train_and_check_data_cli_on_a_voc_layout(tmp_path: Path, capsys) -> Non
     run = segtune.train(cfg)
     assert run.metrics and 0.0 <= run.metrics["miou"] <= 1.0
     assert segtune.load(run.dir).predict(str(next((root / "VOCdevkit/VOC2012/JPEGImages").iterdir()))).shape == (H, W)
+
+
+def test_jpeg_binary_masks_without_classes_and_a_yaml_beside_a_layout(tmp_path: Path) -> None:
+    """The new-user case: a classic binary data set whose masks are JPEGs, with no dataset.yaml."""
+    root = tmp_path / "jpegbin"
+    truth = np.zeros((H, W), np.uint8)
+    truth[4:20, 6:26] = 1
+    for i in range(3):
+        _img(root / "images" / f"{i}.png", i)
+        _jpeg_mask(root / "masks" / f"{i}.jpg", truth * 255)
+    spec = load_dataset_spec(root)
+    assert spec.mask_format == "binary" and spec.num_classes == 2
+    assert check_data(spec, progress=False).ok
+    assert (read_mask(root / "masks" / "0.jpg", spec) == truth).mean() > 0.99
+    (root / "dataset.yaml").write_text("mask_format: binary\n")  # binary without classes: two classes
+    assert load_dataset_spec(root).classes == ["class_0", "class_1"]
+    # a dataset.yaml with only a name beside a VOC folder uses the detected layout
+    voc = make_voc(tmp_path / "voc")
+    (voc / "dataset.yaml").write_text("name: my-voc\n")
+    spec = load_dataset_spec(voc)
+    assert spec.name == "my-voc" and spec.format == "voc" and set(spec.splits) == {"train", "val"}

@@ -20,6 +20,7 @@ __all__ = [
     "image_size",
     # pairing.py
     "find_pairs",
+    "split_pairs",
     # check.py
     "check_data",
     "DataReport",
@@ -47,6 +48,7 @@ _WHERE = {
     "read_mask": "decode",
     "image_size": "decode",
     "find_pairs": "pairing",
+    "split_pairs": "pairing",
     "check_data": "check",
     "DataReport": "check",
     "Problem": "check",
@@ -66,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .datamodule import SegDataModule
     from .dataset import SegDataset, estimate_cache_bytes, pad_collate
     from .decode import image_size, read_image, read_mask
-    from .pairing import find_pairs
+    from .pairing import find_pairs, split_pairs
     from .spec import DatasetSpec, Split, load_dataset_spec
     from .synthetic import make_synthetic_dataset
     from .transforms import eval_transforms, flip_only_transforms, pad_to_multiple, train_transforms

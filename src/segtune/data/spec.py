@@ -278,6 +278,13 @@ def _from_dict(d: dict[str, Any], root: Path, yaml_path: Path | None) -> Dataset
     """Build and validate a spec from a dataset.yaml-style dict (paths relative to ``root``)."""
     source = yaml_path if yaml_path is not None else root
     d, data_root = _with_layout(d, root, source)
+    if not d.get("format") and d.get("splits") is None and not _folder_splits(data_root):
+        from ..formats import detect_layouts
+
+        found = detect_layouts(data_root)
+        if len(found) == 1:  # a dataset.yaml without splits: beside a standard layout
+            _log.info(f"{source}: no splits: given; detected the {found[0]} layout in {data_root}")
+            d, data_root = _with_layout({**d, "format": found[0]}, root, source)
     splits = _parse_splits(d, data_root if d.get("format") or d.get("root") else root, source)
     opts = _parse_options(d, source)
     classes = d.get("classes")
@@ -509,17 +516,53 @@ def _infer_spec(root: Path, splits: dict[str, Split]) -> DatasetSpec:
     return spec
 
 
+def _jpeg_binary(files: list[Path], probe: int = 16) -> bool:
+    """True when every mask is a JPEG and (in up to ``probe`` of them) at least 98% of the pixels lie
+    within 64 of 0 or 255, both ends present: a 0/255 binary mask blurred by compression."""
+    import numpy as np
+
+    from .decode import DecodeError, _open
+    from .pairing import LOSSY_MASK_EXTS
+
+    if not files or any(f.suffix.lower() not in LOSSY_MASK_EXTS for f in files):
+        return False
+    low = high = 0
+    for f in files[:probe]:
+        try:
+            with _open(f, 1 << 62, "mask") as im:
+                a = np.asarray(im.convert("L"))
+        except DecodeError:
+            continue
+        lo, hi = int((a < 64).sum()), int((a >= 192).sum())
+        if lo + hi < 0.98 * a.size:
+            return False
+        low, high = low + lo, high + hi
+    return low > 0 and high > 0
+
+
 def _fill_inferred_classes(spec: DatasetSpec) -> None:
     """Scan training masks to infer the classes (and binary/ignore conventions) in place."""
     from .decode import mask_values_summary
     from .pairing import list_files
 
     split = spec.splits.get("train") or next(iter(spec.splits.values()))
+    if spec.mask_format == "binary":
+        spec.classes = ["class_0", "class_1"]
+        return
     if split.masks is None:
         raise ConfigError(
             f"{spec.source}: no classes: given and no masks to infer them from (add classes:)"
         )
-    files, _ = list_files(split.masks, kind="mask")
+    files, _ = list_files(split.masks, kind="mask", recursive=split.recursive)
+    if spec.mask_format == "auto" and _jpeg_binary(files):
+        spec.classes = ["class_0", "class_1"]
+        spec.mask_format = "binary"
+        _log.warn(
+            f"{split.masks}: JPEG masks with values near 0 and 255 (compression noise): reading them as binary, "
+            f"values >= {spec.binary_threshold} -> class_1 (write a dataset.yaml with classes: and mask_format: "
+            "binary to make it explicit)"
+        )
+        return
     values: set[int] = set()
     palette: list[tuple[int, int, int]] | None = None
     n = 0
