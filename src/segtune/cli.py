@@ -22,6 +22,7 @@ __all__ = ["main", "build_parser"]
 # and returns the handlers by command name. Add one line here per package.
 _COMMAND_MODULES: tuple[str, ...] = (
     "segtune.selection.commands",
+    "segtune.tuning.commands",
 )
 
 # flag -> dotted config key
@@ -36,7 +37,9 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "encoder_lr_factor": ("strategy.encoder_lr_factor", float, "discriminative/gradual: encoder LR = LR x factor"),
     "epochs": ("train.epochs", int, "maximum epochs (default: about 1000 steps, within 30-200 epochs, printed)"),
     "max_steps": ("train.max_steps", int, "stop after this many optimiser steps"),
-    "lr": ("optim.lr", float, "learning rate of the decoder/head (default: the strategy's measured value, printed)"),
+    "lr": ("optim.lr", lambda v: v if v == "find" else float(v),
+           "learning rate of the decoder/head (default: the strategy's measured value, printed); "
+           "find: run `segtune lr-find` first and use its suggestion"),
     "batch_size": ("data.batch_size", int, "training batch size (per device: DDP's global batch is devices x nodes x this)"),
     "crop_size": ("data.crop_size", int, "training crop side (multiple of 32; default: from the image sizes, printed)"),
     "augment": ("data.augment", str, "auto (default: flip for images no larger than a 384 crop, else full; printed) | full (random crop + flip, plus rescale / colour jitter when "
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--sync-bn", action="store_true",
                    help="DDP on GPUs: BatchNorm statistics over the global batch (train.sync_batchnorm)")
+    t.add_argument("--lr-find-steps", type=int, default=100, help="--lr find: steps of the LR sweep (default 100)")
 
     c = sub.add_parser("check-data", help="list every problem in a data set at once, with class frequencies")
     c.add_argument("data", help="data set folder or dataset.yaml")
@@ -288,7 +292,17 @@ def _cmd_train(a: argparse.Namespace) -> int:
         if not a.data and not a.config:
             raise SegtuneError("train: give the data set folder, e.g. `segtune train path/to/data`")
         cfg = Config.from_yaml(a.config) if a.config else Config()
+        finder = None
+        if overrides.get("optim.lr") == "find":  # LR range test first (segtune.tuning)
+            from .tuning.commands import lr_for_train
+
+            del overrides["optim.lr"]
+            overrides["optim.lr"], finder = lr_for_train(cfg, overrides, a.lr_find_steps)
         run = train(cfg, overrides=overrides)  # a refused start leaves no run folder behind
+        if finder is not None and run.metrics:
+            from .tuning.lr_find import write_result
+
+            write_result(finder, Path(run.dir))
     if run.metrics:  # DDP ranks other than 0 return no metrics and print nothing
         print(f"val mIoU {run.metrics.get('miou', float('nan')):.4f}  ->  {run.dir}")
     return 0

@@ -188,13 +188,18 @@ class SegTuneModule(L.LightningModule):
         self.log("val_loss", val_loss, prog_bar=False, sync_dist=False)
 
     # ------------------------------------------------------------ optimiser
-    def configure_optimizers(self) -> Any:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser over the strategy's param groups (explicit per-group LRs), no schedule;
+        also used by the LR range test (:mod:`segtune.tuning.lr_find`)."""
         cfg = self.optim_cfg
         groups = self.strategy.param_groups(cfg.weight_decay)
         if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-        else:
-            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.optim_cfg
+        opt = self.build_optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_lambda(cfg.schedule, cfg.warmup_steps, total)

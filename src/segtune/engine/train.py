@@ -57,7 +57,7 @@ from .run import (
     save_model,
 )
 
-__all__ = ["train", "TrainPlan", "resolve_config", "resolve_precision"]
+__all__ = ["train", "TrainPlan", "build_parts", "resolve_config", "resolve_precision"]
 
 
 def resolve_config(config: Config | dict | str | Path | None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
@@ -320,24 +320,49 @@ def _choose_defaults(start: _Start, data: _Data, auto: bool = True) -> list[str]
     """Fill ``auto`` values from the number of training images (new runs only); write
     config.yaml (rank 0). Returns the lines explaining the choices (printed once the model
     is built, so a refusal stays a single line)."""
-    from ..data.split import split_train_val
-    from ..strategies.auto import resolve_auto
-
     cfg = start.cfg
-    notes: list[str] = []
-    if auto and not start.resuming:
-        # the same pure split as the data module's (report.pairs holds the usable pairs only)
-        spec, pairs = data.spec, data.report.pairs
-        has_val = "val" in spec.splits and spec.splits["val"].masks is not None
-        split = split_train_val(
-            pairs.get("train", []), pairs.get("val", []) if has_val else None,
-            val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
-            max_train_images=cfg.data.max_train_images, source=str(cfg.data.root),
-        )
-        notes = resolve_auto(cfg, len(split.train), _probe(cfg, spec, [i for i, _ in split.train]))
+    notes = _auto_notes(cfg, data) if auto and not start.resuming else []
     if start.rank == 0 and (not start.resuming or not (start.run_dir / CONFIG_FILE).is_file()):
         atomic_write_yaml(start.run_dir / CONFIG_FILE, cfg.to_dict())
     return notes
+
+
+def _auto_notes(cfg: Config, data: _Data) -> list[str]:
+    """Fill the ``auto`` values of ``cfg`` in place; the lines explaining the choices."""
+    from ..data.split import split_train_val
+    from ..strategies.auto import resolve_auto
+
+    # the same pure split as the data module's (report.pairs holds the usable pairs only)
+    spec, pairs = data.spec, data.report.pairs
+    has_val = "val" in spec.splits and spec.splits["val"].masks is not None
+    split = split_train_val(
+        pairs.get("train", []), pairs.get("val", []) if has_val else None,
+        val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+        max_train_images=cfg.data.max_train_images, source=str(cfg.data.root),
+    )
+    return resolve_auto(cfg, len(split.train), _probe(cfg, spec, [i for i, _ in split.train]))
+
+
+def build_parts(config: Config | dict | str | Path | None,
+                overrides: dict[str, Any] | list[str] | None = None) -> tuple[Config, _Parts]:
+    """The model, data module, loss, strategy and Lightning module exactly as :func:`train`
+    builds them for a new run, without a run folder or trainer (e.g. for an LR range test).
+
+    Returns:
+        ``(cfg, parts)``: the resolved config (``auto`` values filled in) and the parts
+        (``parts.model``, ``parts.dm`` set up, ``parts.strategy``, ``parts.module``).
+
+    Raises:
+        SegtuneError: bad data, bad config or missing weights (nothing is written).
+    """
+    cfg = resolve_config(config, overrides)
+    if not cfg.data.root:
+        raise ConfigError("data.root is not set: pass the data set folder (e.g. `segtune lr-find DATA`)")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    data = _check_data(cfg, 0)
+    notes = _auto_notes(cfg, data)
+    start = _Start(cfg, Path(cfg.train.out), resuming=False)
+    return cfg, _build_parts(start, data, notes, TrainPlan())
 
 
 # ----------------------------------------------------------------------------- phase: components
