@@ -23,6 +23,7 @@ __all__ = ["main", "build_parser"]
 _COMMAND_MODULES: tuple[str, ...] = (
     "segtune.selection.commands",
     "segtune.tuning.commands",
+    "segtune.distill.cli",
 )
 
 # flag -> dotted config key

@@ -1,0 +1,85 @@
+"""The Lightning module of a distillation run: the engine's training step with a frozen teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..engine.module import SegTuneModule
+from .losses import distillation_loss
+
+__all__ = ["DistillModule", "renormalize"]
+
+
+def renormalize(x: Tensor, mean_from: tuple[float, ...], std_from: tuple[float, ...],
+                mean_to: tuple[float, ...], std_to: tuple[float, ...]) -> Tensor:
+    """Images normalised with one mean/std, re-normalised with another.
+
+    Args:
+        x: (N, 3, H, W) float images, ``(rgb01 - mean_from) / std_from``.
+        mean_from, std_from, mean_to, std_to: per-channel constants for [0, 1] RGB.
+
+    Returns:
+        (N, 3, H, W) float ``(rgb01 - mean_to) / std_to`` (``x`` itself when both are the same).
+    """
+    if tuple(mean_from) == tuple(mean_to) and tuple(std_from) == tuple(std_to):
+        return x
+
+    def col(v: tuple[float, ...]) -> Tensor:
+        return torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+
+    return (x * col(std_from) + col(mean_from) - col(mean_to)) / col(std_to)
+
+
+class DistillModule(SegTuneModule):
+    """A :class:`SegTuneModule` whose objective is ``alpha * labels + (1 - alpha) * KD``.
+
+    The teacher runs next to the student on every training batch: eval mode, no gradients, held
+    outside the module's parameters (checkpoints hold only the student), fed the batch
+    re-normalised with its own mean/std. Validation scores the student alone, on the labels.
+
+    Args:
+        model, strategy, loss, optim, num_classes, ignore_index, class_names: as SegTuneModule
+            (``model`` is the student, ``loss`` the labels' loss).
+        teacher: the teacher network, ``(N, 3, H, W) -> (N, C, H, W)`` logits.
+        teacher_norm: ``(mean, std)`` the teacher's inputs are normalised with.
+        temperature: softmax temperature T of the KD term.
+        alpha: weight of the labels' loss in [0, 1].
+    """
+
+    def __init__(self, model: nn.Module, strategy: Any, loss: nn.Module, optim: Any, num_classes: int,
+                 ignore_index: int, class_names: list[str] | None, teacher: nn.Module,
+                 teacher_norm: tuple[tuple[float, ...], tuple[float, ...]], temperature: float,
+                 alpha: float) -> None:
+        super().__init__(model, strategy, loss, optim, num_classes, ignore_index, class_names)
+        self._teacher = [teacher.eval().requires_grad_(False)]
+        self.teacher_mean, self.teacher_std = (tuple(float(v) for v in t) for t in teacher_norm)
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)
+        if self._channels_last:
+            self.teacher.to(memory_format=torch.channels_last)
+        self.teacher.eval()
+
+    @torch.no_grad()
+    def teacher_logits(self, x: Tensor) -> Tensor:
+        """The teacher's (N, C, H, W) logits of a batch normalised for the student."""
+        xt = renormalize(x, self.model.mean, self.model.std, self.teacher_mean, self.teacher_std)
+        return self.teacher(self._input(xt)).float()
+
+    def training_loss(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
+        label = self.loss_fn(logits, batch["mask"])  # unlabelled images: every pixel ignored
+        total, kd = distillation_loss(logits, self.teacher_logits(batch["image"]), label,
+                                      self.temperature, self.alpha)
+        n = batch["mask"].shape[0]
+        self.log("kd", kd, on_step=True, on_epoch=False, batch_size=n)
+        self.log("label_loss", label.detach(), on_step=True, on_epoch=False, batch_size=n)
+        return total
