@@ -148,6 +148,11 @@ class SegTuneModule(L.LightningModule):
     def train_epoch_loss(self) -> float | None:
         return self._train_loss_sum / self._train_loss_n if self._train_loss_n else None
 
+    def on_train_epoch_end(self) -> None:
+        loss = self.train_epoch_loss()
+        if loss is not None:  # the epoch's mean training loss, for the run's logger
+            self.log("train_loss_epoch", loss, sync_dist=False)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a mid-epoch checkpoint carries the running train loss, so a resumed epoch's mean is exact
         checkpoint["segtune_train_loss"] = {"sum": self._train_loss_sum, "n": self._train_loss_n}
@@ -181,6 +186,11 @@ class SegTuneModule(L.LightningModule):
         self.last_val_metrics = m
         miou = m["miou"] if m["miou"] is not None else 0.0
         self.log("val_miou", float(miou), prog_bar=True, sync_dist=False)
+        # per-class IoU for the run's logger (train.logger); classes absent from truth and
+        # prediction have none and are left out
+        per_class = {f"val_iou/{c['name']}": float(c["iou"]) for c in m["per_class"] if c["iou"] is not None}
+        if per_class:
+            self.log_dict(per_class, sync_dist=False)
         total = torch.tensor([self._val_loss_sum, float(self._val_loss_n)], dtype=torch.float64, device=self.device)
         if self.trainer.world_size > 1:  # ranks score different numbers of images: sum, then divide
             total = self.trainer.strategy.reduce(total, reduce_op="sum")

@@ -1,12 +1,13 @@
 """What a run sends to its logger besides Lightning's own ``self.log`` scalars.
 
-Lightning logs the module's scalars: the training ``loss`` (and ``l1``) every step, ``val_miou``
-and ``val_loss`` every validation; :class:`TrackingCallback` adds the learning rate of every
-param group every step (Lightning's ``LearningRateMonitor``, one per group name: ``lr-head``,
-``lr-encoder.4``...), the epoch's mean training loss (``train_loss_epoch``), the per-class
-validation IoU (``val_iou/<class>``, classes absent from truth and prediction left out) and
-``num_images`` validation overlays (input | truth | prediction) as images (``val_overlay/<i>``).
-Steps are optimiser steps (``trainer.global_step``).
+Lightning logs the module's scalars: the training ``loss`` (and ``l1``) every step, the epoch's
+mean training loss (``train_loss_epoch``), ``val_miou``, ``val_loss`` and the per-class
+validation IoU (``val_iou/<class>``, classes absent from truth and prediction left out) every
+validation; Lightning's ``LearningRateMonitor`` adds the learning rate of every param group every
+step (``lr-AdamW/head``, ``lr-AdamW/encoder.4``...). :class:`TrackingCallback` adds
+``num_images`` validation overlays (input | truth | prediction) as images (``val_overlay_<i>``),
+at the optimiser step of the validation, and on resume drops the rows a CSV log holds from
+after the checkpoint (they are logged again).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ class TrackingCallback(L.Callback):
         self.ignore_index = ignore_index
         self._panels: list[np.ndarray] = []
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss = pl_module.train_epoch_loss()
-        if trainer.logger is not None and trainer.is_global_zero and loss is not None:
-            trainer.logger.log_metrics({"train_loss_epoch": float(loss)}, step=trainer.global_step)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        drop = getattr(getattr(trainer.logger, "experiment", None), "drop_from", None)
+        if drop is not None and trainer.is_global_zero:
+            drop(trainer.fit_loop.epoch_loop._batches_that_stepped)  # the step its next row gets
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # an interrupted run keeps what it logged since the last flush (a resume continues it)
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.save()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._panels = []
@@ -74,11 +80,6 @@ class TrackingCallback(L.Callback):
         if logger is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         step = trainer.global_step
-        m = pl_module.last_val_metrics or {}
-        per_class = {f"val_iou/{c['name']}": float(c["iou"]) for c in m.get("per_class", [])
-                     if c.get("iou") is not None}
-        if per_class:
-            logger.log_metrics(per_class, step=step)
         for i, panel in enumerate(self._panels):
             self.kind.log_image(logger, f"val_overlay_{i}", panel, step)
         logger.save()

@@ -9,6 +9,9 @@ name                    writes (under the run folder)               needs
                         unless ``MLFLOW_TRACKING_URI`` is set)
 ======================  ==========================================  ==================================
 
+A resumed run (``segtune train --resume``) continues the same ``metrics.csv`` and the same
+MLflow run (found by the tag ``segtune_run_dir``); TensorBoard adds a second events file.
+
 ``none`` (the default) writes no logger files; ``history.csv`` and ``curves.png`` are written
 either way. View them with ``tensorboard --logdir RUN/logs`` or ``mlflow ui --backend-store-uri
 RUN/mlruns``.
@@ -59,9 +62,43 @@ def list_loggers() -> list[str]:
 
 
 def _csv_build(run_dir: Path, run_name: str) -> Any:
-    from lightning.pytorch.loggers import CSVLogger
+    """Lightning's CSVLogger, except that a resumed run continues ``metrics.csv`` (Lightning's
+    writer deletes an existing file) after dropping its rows from past the checkpoint."""
+    import csv
 
-    return CSVLogger(save_dir=str(run_dir), name="logs", version="csv")
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    class _ContinuingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if Path(self.metrics_file_path).is_file():
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+        def drop_from(self, step: int) -> None:
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            keep = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
+            if len(keep) < len(rows):
+                with atomic_path(path, durable=False) as tmp, open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=self.metrics_keys)
+                    w.writeheader()
+                    w.writerows(keep)
+
+    class _ContinuingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> Any:
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return _ContinuingCSVLogger(save_dir=str(run_dir), name="logs", version="csv")
 
 
 def _csv_image(logger: Any, tag: str, image: np.ndarray, step: int) -> None:
@@ -96,7 +133,24 @@ def _mlflow_build(run_dir: Path, run_name: str) -> Any:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
     if uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MLFlowLogger(experiment_name="segtune", run_name=run_name, tracking_uri=uri)
+    return MLFlowLogger(experiment_name="segtune", run_name=run_name, tracking_uri=uri,
+                        tags={"segtune_run_dir": str(run_dir.resolve())},
+                        run_id=_mlflow_run_id(uri, run_dir))
+
+
+def _mlflow_run_id(uri: str, run_dir: Path) -> str | None:
+    """The MLflow run this run folder logged to before (a resumed run continues it), else None."""
+    if uri.startswith("file:") and not (run_dir / "mlruns").is_dir():
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("segtune")
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.segtune_run_dir = '{run_dir.resolve()}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def _mlflow_image(logger: Any, tag: str, image: np.ndarray, step: int) -> None:
