@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "segtune.selection.commands",
     "segtune.tuning.commands",
     "segtune.distill.cli",
+    "segtune.export.commands",
 )
 
 # flag -> dotted config key
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu or cuda (default: cuda if available)")
 
     pr = sub.add_parser("predict", help="segment images (file or folder) with a trained run")
-    pr.add_argument("run", help="run folder written by segtune train")
+    pr.add_argument("run", help="run folder written by segtune train, or a .onnx file from segtune export")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder for the palette PNG masks")
     pr.add_argument("--overlay", action="store_true", help="also write colour overlays")
@@ -342,6 +343,18 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from .inference.predictor import parse_shard
 
     shard = parse_shard(a.shard) if a.shard else None
+    if str(a.run).lower().endswith(".onnx"):  # exported model: torch-free runtime
+        from .export.runtime import predict_paths
+
+        unsupported = [f for f in ("tta", "probabilities", "areas") if getattr(a, f)]
+        if unsupported:
+            raise SegtuneError(f"predict {a.run}: --{unsupported[0]} needs the run folder; an .onnx model "
+                               "writes masks (and --overlay) only")
+
+        written = predict_paths(a.run, a.inputs, a.out, overlay=a.overlay, skip_existing=a.skip_existing,
+                                overwrite=a.overwrite, shard=shard)
+        print(f"wrote {len(written)} mask(s) to {a.out}")
+        return 0
     pred = Predictor.from_run(a.run, device=a.device, tile_size=a.tile_size, max_pixels=a.max_pixels,
                               tta=a.tta, blend=a.blend)
     written = pred.predict_paths(a.inputs, a.out, overlay=a.overlay, skip_existing=a.skip_existing,
