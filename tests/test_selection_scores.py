@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segtune.selection import gbc, h_score, list_scores, log_evidence, logme, logme_fit
+from segtune.selection import (
+    gbc,
+    h_score,
+    h_score_shrink,
+    list_scores,
+    log_evidence,
+    logme,
+    logme_fit,
+)
+from segtune.selection.scores import ledoit_wolf_shrinkage
 
 
 def _marginal_loglik(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
@@ -67,6 +76,34 @@ def test_gbc_prefers_separated_classes() -> None:
 
 
 def test_scores_are_registered_and_reject_bad_shapes() -> None:
-    assert list_scores() == ["logme", "h_score", "gbc"]
+    assert list_scores() == ["logme", "h_score", "h_score_shrink", "gbc"]
     with pytest.raises(ValueError):
         logme(np.zeros((5, 2)), np.zeros(4))
+
+
+def test_ledoit_wolf_shrinkage_matches_its_definition() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 6)) @ rng.normal(size=(6, 6))
+    x -= x.mean(axis=0)
+    n, p = x.shape
+    s = x.T @ x / n
+    mu = np.trace(s) / p
+    d2 = np.sum((s - mu * np.eye(p)) ** 2) / p
+    b2 = sum(np.sum((np.outer(r, r) - s) ** 2) for r in x) / n**2 / p
+    assert ledoit_wolf_shrinkage(x) == pytest.approx(min(b2, d2) / d2)
+
+
+def test_h_score_shrink_does_not_saturate_when_d_exceeds_n() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 30)
+    noise = rng.normal(size=(60, 70))
+    good = noise.copy()
+    good[:, 0] += 3 * labels
+    # with D = 70 above N = 60 the plain H-score is at its bound (1 = classes - 1) for pure noise too
+    assert h_score(noise, labels) == pytest.approx(1.0, abs=1e-6)
+    assert h_score(good, labels) == pytest.approx(1.0, abs=1e-6)
+    assert 0 <= h_score_shrink(noise, labels) < h_score_shrink(good, labels) < 1
+    # with N >> D it is close to the plain H-score
+    big = rng.normal(size=(4000, 3)) + np.repeat([0, 1], 2000)[:, None]
+    y = np.repeat([0, 1], 2000)
+    assert h_score_shrink(big, y) == pytest.approx(h_score(big, y), rel=0.02)

@@ -14,12 +14,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .scores import SCORES, gbc, h_score, list_scores, log_evidence, logme, logme_fit
+from .scores import (
+    SCORES,
+    gbc,
+    h_score,
+    h_score_shrink,
+    list_scores,
+    log_evidence,
+    logme,
+    logme_fit,
+)
 
 __all__ = [
     "SCORES",
     "gbc",
     "h_score",
+    "h_score_shrink",
     "list_scores",
     "log_evidence",
     "logme",

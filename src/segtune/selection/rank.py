@@ -25,7 +25,7 @@ from .scores import SCORES
 
 __all__ = ["Ranking", "rank_encoders", "format_table", "DEFAULT_SCORES"]
 
-DEFAULT_SCORES = ("logme", "h_score", "gbc")
+DEFAULT_SCORES = ("logme", "h_score", "h_score_shrink", "gbc")
 RANKING_JSON = "ranking.json"
 RANKING_PNG = "ranking.png"
 

@@ -12,7 +12,12 @@ features are expected to transfer better. None needs training, and all are regis
   over the classes present. Natural log, per sample.
 * **H-score** (Bao et al., "An Information-theoretic Approach to Transferability in Task Transfer
   Learning", ICIP 2019): ``tr(cov(f)^+ cov(E[f | y]))`` with sample covariances (``N - 1``) and
-  the pseudo-inverse. Between 0 and ``min(D, classes - 1)``.
+  the pseudo-inverse. Between 0 and ``min(D, classes - 1)``; it reaches that bound whenever the
+  sample is small next to D (the classes are then separable in-sample), so it stops ranking.
+* **Shrinkage H-score** (``h_score_shrink``; Ibrahim et al., "Newer is not always better:
+  rethinking transferability metrics, their peculiarities, stability and performance", ECML PKDD
+  2022): the same with ``cov(f)`` replaced by its Ledoit-Wolf shrinkage ``(1 - a) cov(f) + a mu I``
+  (``mu`` the mean variance, ``a`` the Ledoit-Wolf estimate) and ``cov(E[f | y])`` scaled by ``1 - a``.
 * **GBC** (Pandy et al., "Transferability Estimation using Bhattacharyya Class Separability",
   CVPR 2022): features reduced to at most 64 principal components, one diagonal Gaussian per
   class, ``-sum_{i != j} exp(-D_B(c_i, c_j))`` (Bhattacharyya distance ``D_B``). At most 0;
@@ -27,7 +32,7 @@ import numpy as np
 
 from .._registry import Registry
 
-__all__ = ["SCORES", "list_scores", "logme", "h_score", "gbc", "log_evidence", "logme_fit"]
+__all__ = ["SCORES", "list_scores", "logme", "h_score", "h_score_shrink", "gbc", "ledoit_wolf_shrinkage", "log_evidence", "logme_fit"]
 
 Score = Callable[[np.ndarray, np.ndarray], float]
 
@@ -164,6 +169,16 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------- H-score
+def _class_mean_cov(f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample covariance (N - 1) of ``E[f | y]`` for centred features ``f``."""
+    g = np.zeros_like(f)
+    for c in np.unique(y):
+        sel = y == c
+        g[sel] = f[sel].mean(axis=0)
+    g = g - g.mean(axis=0, keepdims=True)
+    return g.T @ g / (len(g) - 1)
+
+
 @SCORES.register("h_score")
 def h_score(features: np.ndarray, labels: np.ndarray) -> float:
     """H-score: ``tr(cov(f)^+ cov(E[f | y]))``.
@@ -178,13 +193,45 @@ def h_score(features: np.ndarray, labels: np.ndarray) -> float:
     f, y = _check(features, labels)
     f = f - f.mean(axis=0, keepdims=True)
     cov_f = f.T @ f / (len(f) - 1)
-    g = np.zeros_like(f)
-    for c in np.unique(y):
-        sel = y == c
-        g[sel] = f[sel].mean(axis=0)
-    g = g - g.mean(axis=0, keepdims=True)
-    cov_g = g.T @ g / (len(g) - 1)
-    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
+    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ _class_mean_cov(f, y)))
+
+
+def ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
+    """Ledoit-Wolf shrinkage intensity ``a`` in [0, 1] towards ``mu I`` (centred (N, D) data).
+
+    The estimate of Ledoit & Wolf (2004) as scikit-learn computes it (``ledoit_wolf_shrinkage``).
+    """
+    x = np.asarray(centred, dtype=np.float64)
+    n, p = x.shape
+    x2 = x**2
+    var = x2.sum(axis=0) / n
+    mu = var.sum() / p
+    beta_ = float(np.sum(x2.T @ x2))
+    delta_ = float(np.sum((x.T @ x) ** 2)) / n**2
+    beta = (beta_ / n - delta_) / (p * n)
+    delta = (delta_ - 2 * mu * var.sum() + p * mu**2) / p
+    beta = min(beta, delta)
+    return 0.0 if beta <= 0 or delta <= 0 else float(beta / delta)
+
+
+@SCORES.register("h_score_shrink")
+def h_score_shrink(features: np.ndarray, labels: np.ndarray) -> float:
+    """Shrinkage H-score: ``tr(((1-a) cov(f) + a mu I)^-1 (1-a) cov(E[f | y]))`` (Ledoit-Wolf ``a``).
+
+    Args:
+        features: (N, D) float.
+        labels: (N,) int class ids.
+
+    Returns:
+        The regularised H-score (higher is better; below the plain H-score's bound).
+    """
+    f, y = _check(features, labels)
+    f = f - f.mean(axis=0, keepdims=True)
+    a = ledoit_wolf_shrinkage(f)
+    cov_f = f.T @ f / len(f)
+    mu = float(np.trace(cov_f)) / f.shape[1]
+    shrunk = (1 - a) * cov_f + a * mu * np.eye(f.shape[1])
+    return float(np.trace(np.linalg.solve(shrunk, (1 - a) * _class_mean_cov(f, y))))
 
 
 # -------------------------------------------------------------------------- GBC
