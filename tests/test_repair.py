@@ -129,3 +129,48 @@ def test_existing_or_inner_out_refused_and_cli_writes_a_checked_copy(tmp_path: P
     assert "wrote a repaired copy" in out and "checked in" in out and "OK" in out
     assert main(["check-data", str(root), "--fix", str(tmp_path / "taken")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_fix_of_a_standard_layout_gives_a_plain_index_copy(tmp_path: Path) -> None:
+    from test_formats import H as FH
+    from test_formats import W as FW
+    from test_formats import _blocks, make_cityscapes
+
+    root = make_cityscapes(tmp_path / "cityscapes")
+    report, checked = _fix_and_check(root, tmp_path / "fixed")
+    assert report.pairs == {"train": 2, "val": 1} and report.not_repaired == []
+    spec = load_dataset_spec(tmp_path / "fixed")
+    assert spec.format == "" and spec.label_map is None and spec.num_classes == 19
+    masks = sorted((tmp_path / "fixed/train/masks").iterdir())
+    assert [m.name for m in masks] == ["aachen_000000_000019_leftImg8bit.png", "bochum_000001_000019_leftImg8bit.png"]
+    assert np.array_equal(np.asarray(Image.open(masks[0])), _blocks([0, 13, 255, 255]))  # train ids
+    assert checked.class_table()[13]["pixels"] == 2 * FH * (FW // 4)  # one car band in each train mask
+
+
+def test_fix_on_real_camvid_masks_resized_jpeg_and_rgb(camvid_small: Path, tmp_path: Path) -> None:
+    """Three real CamVid masks damaged the usual ways (half resolution, JPEG, RGB colours): check-data
+    refuses the half-resolution one, the fixed copy passes and stays close to the true labels."""
+    spec = load_dataset_spec(camvid_small)
+    ann = camvid_small / "trainannot"
+    names = sorted(p.name for p in ann.iterdir())[:3]
+    truth = {n: np.asarray(Image.open(ann / n)) for n in names}
+    h, w = truth[names[0]].shape
+    for n in names:
+        (ann / n).unlink()  # the fixture's symlinks: the shared originals stay untouched
+    Image.fromarray(truth[names[0]]).resize((w // 2, h // 2), Image.Resampling.NEAREST).save(ann / names[0])
+    Image.fromarray(truth[names[1]]).save(ann / (Path(names[1]).stem + ".jpg"), quality=90)
+    lut = np.array([*spec.colors, (0, 0, 0)], np.uint8)  # 11 = unlabelled -> ignore_color black
+    Image.fromarray(lut[truth[names[2]]]).save(ann / names[2])
+    (camvid_small / "dataset.yaml").write_text(
+        (camvid_small / "dataset.yaml").read_text().replace("mask_format: index", "mask_format: auto\nignore_color: [0, 0, 0]")
+    )
+    assert not check_data(camvid_small, progress=False).ok
+    report, checked = _fix_and_check(camvid_small, tmp_path / "fixed")
+    assert report.pairs == {"train": 4, "val": 2} and report.not_repaired == []
+    out = {n: np.asarray(Image.open(tmp_path / "fixed/train/masks" / (Path(n).stem + ".png"))) for n in names}
+    assert out[names[0]].shape == (h, w) and (out[names[0]] == truth[names[0]]).mean() > 0.9
+    raw = np.asarray(Image.open(ann / (Path(names[1]).stem + ".jpg")))
+    agree = (out[names[1]] == truth[names[1]]).mean()  # JPEG blurs neighbouring class ids: not all come back
+    assert agree > 0.9 and agree >= (raw == truth[names[1]]).mean()
+    assert set(np.unique(out[names[1]]).tolist()) <= set(range(12))
+    assert np.array_equal(out[names[2]], truth[names[2]])
