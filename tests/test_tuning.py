@@ -96,7 +96,8 @@ def test_search_space_files(tmp_path: Path) -> None:
         assert key in names
     assert space.grid_size() > 1  # every default range has a grid: list
     aug = next(p for p in space.params if p.name == "augmentation")
-    assert aug.config_values("rescale_jitter") == {"data.scale_min": 0.5, "data.scale_max": 2.0, "data.color_jitter": 0.2}
+    assert aug.config_values("rescale_jitter") == {"data.augment": "full", "data.scale_min": 0.5, "data.scale_max": 2.0,
+                                                   "data.color_jitter": 0.2}
     with pytest.raises(ConfigError, match="already exists"):
         write_default_space(path)
     bad = [
@@ -217,3 +218,22 @@ def test_cli_errors_are_one_line(squares: Path, tmp_path: Path, capsys) -> None:
     assert main(["tune", str(squares), "--out", str(tmp_path / "g2"), "--sampler", "grid", "--space", str(space)]) == 2
     assert "grid: list" in capsys.readouterr().err
     assert not (tmp_path / "g2").exists() and not (tmp_path / "p").exists() and not (tmp_path / "lf").exists()
+
+
+# ----------------------------------------------------------------------------- benchmark report
+@pytest.mark.parametrize("tuned, word", [(0.52, "scored higher"), (0.48, "did not beat")])
+def test_tune_benchmark_report_follows_its_json(tuned: float, word: str) -> None:
+    from conftest import load_benchmark
+
+    bench = load_benchmark("tune")
+    rows = [{"trial": 0, "state": "complete", "val_miou": 0.41, "seconds": 30.0, "param.optim.lr": 0.004},
+            {"trial": 1, "state": "pruned", "val_miou": None, "seconds": 12.0, "param.optim.lr": 0.009}]
+    final = {name: {"strategy": "head", "lr": 0.003, "loss": "ce+dice", "class_weights": "median", "val_miou": v,
+                    "steps": 150, "seconds": 60.0, "cpu_seconds": 50.0}
+             for name, v in (("default", 0.50), ("tuned", tuned))}
+    doc = {"profile": bench.PROFILE, "command": "python benchmarks/tune.py", "machine": "test machine",
+           "load": [1.0, 1.0], "study": {"rows": rows, "seconds": 42.0, "cpu_seconds": 40.0, "best_trial": 0,
+                                          "best_heldout_miou": 0.41}, "final": final}
+    text = bench.section(doc)
+    assert word in text and f"{100 * (tuned - 0.50):+.1f} points" in text
+    assert "| 1 | pruned | n/a | optim.lr 0.009 | 12.0 |" in text and "| tuned | head | 0.003 |" in text

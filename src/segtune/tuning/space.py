@@ -51,11 +51,12 @@ params:
   strategy.freeze_stages: {low: 1, high: 4, grid: [2]}
   loss.name: {choices: [ce+dice, ce]}
   loss.class_weights: {choices: [median, none]}
-  augmentation:
+  augmentation:          # full: random crop (data.crop_size) + flip (+ rescale / jitter); flip: whole images
     presets:
-      crop_flip: {data.scale_min: 1.0, data.scale_max: 1.0, data.color_jitter: 0.0}
-      rescale: {data.scale_min: 0.75, data.scale_max: 1.25, data.color_jitter: 0.0}
-      rescale_jitter: {data.scale_min: 0.5, data.scale_max: 2.0, data.color_jitter: 0.2}
+      crop_flip: {data.augment: full, data.scale_min: 1.0, data.scale_max: 1.0, data.color_jitter: 0.0}
+      rescale: {data.augment: full, data.scale_min: 0.75, data.scale_max: 1.25, data.color_jitter: 0.0}
+      rescale_jitter: {data.augment: full, data.scale_min: 0.5, data.scale_max: 2.0, data.color_jitter: 0.2}
+      whole_flip: {data.augment: flip}
   data.crop_size: {choices: [256, 384]}
   train.epochs: {choices: [10, 20, 40]}
 """
