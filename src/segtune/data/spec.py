@@ -516,6 +516,20 @@ def _infer_spec(root: Path, splits: dict[str, Split]) -> DatasetSpec:
     return spec
 
 
+def _binary_jpegs(spec: DatasetSpec, folder: Path, files: list[Path]) -> bool:
+    """``auto`` masks that are all 0/255 JPEGs: make ``spec`` binary (two classes) and say so."""
+    if spec.mask_format != "auto" or not _jpeg_binary(files):
+        return False
+    spec.classes = ["class_0", "class_1"]
+    spec.mask_format = "binary"
+    _log.warn(
+        f"{folder}: JPEG masks with values near 0 and 255 (compression noise): reading them as binary, "
+        f"values >= {spec.binary_threshold} -> class_1 (write a dataset.yaml with classes: and mask_format: "
+        "binary to make it explicit)"
+    )
+    return True
+
+
 def _jpeg_binary(files: list[Path], probe: int = 16) -> bool:
     """True when every mask is a JPEG and (in up to ``probe`` of them) at least 98% of the pixels lie
     within 64 of 0 or 255, both ends present: a 0/255 binary mask blurred by compression."""
@@ -554,14 +568,7 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
             f"{spec.source}: no classes: given and no masks to infer them from (add classes:)"
         )
     files, _ = list_files(split.masks, kind="mask", recursive=split.recursive)
-    if spec.mask_format == "auto" and _jpeg_binary(files):
-        spec.classes = ["class_0", "class_1"]
-        spec.mask_format = "binary"
-        _log.warn(
-            f"{split.masks}: JPEG masks with values near 0 and 255 (compression noise): reading them as binary, "
-            f"values >= {spec.binary_threshold} -> class_1 (write a dataset.yaml with classes: and mask_format: "
-            "binary to make it explicit)"
-        )
+    if _binary_jpegs(spec, split.masks, files):
         return
     values: set[int] = set()
     palette: list[tuple[int, int, int]] | None = None
