@@ -379,8 +379,8 @@ def _cmd_models(a: argparse.Namespace) -> int:
     print("encoders with bundled ImageNet weights: " + ", ".join(list_encoders()))
     print("other encoders: any timm name, or smp-NAME for SMP's own (smp-vgg16); --weights imagenet takes "
           "them from the torch / Hugging Face cache or the network (SEGTUNE_OFFLINE=1: cache only)")
-    print("--weights coco: torchvision COCO checkpoints for fcn_resnet50, deeplabv3_resnet50, "
-          "lraspp_mobilenet_v3_large (class layer re-initialised)")
+    print("--weights coco: torchvision's COCO checkpoints, for the torchvision architectures "
+          "(class layer re-initialised)")
     print("strategies: " + names["strategies"].replace(" | ", ", ") + " (and auto: chosen from the data size)")
     print("losses: " + names["losses"].replace(" | ", ", "))
     return 0

@@ -402,6 +402,20 @@ def _load_named(model: SegModel, name: str, hub: dict[str, HubWeights], imagenet
     return hw.load(model, path, hw.file)
 
 
+def _load_user_file(model: SegModel, path: Path, hub: dict[str, HubWeights]) -> str:
+    """A file by tensor name; for a timm encoder whose names differ in its ``features_only`` form
+    (``features.0`` -> ``features_0``: VGG, DenseNet), then as a timm classifier checkpoint."""
+    try:
+        return _load_file(model, path)
+    except WeightsError as by_name:
+        if not any(hw.load is load_hub_timm for hw in hub.values()):
+            raise
+        try:
+            return load_hub_timm(model, path, HubFile(label=f"timm {model.encoder_name} checkpoint"))
+        except WeightsError:
+            raise by_name from None
+
+
 def load_weights(
     model: SegModel,
     weights: str | Path | None,
@@ -437,7 +451,9 @@ def load_weights(
         return _load_run_folder(model, path)
     if path.is_file():
         known = [hw for hw in hub.values() if hw.file.url_filename == path.name]
-        return known[0].load(model, path, known[0].file) if known else _load_file(model, path)
+        if known:
+            return known[0].load(model, path, known[0].file)
+        return _load_user_file(model, path, hub)
     from .._registry import did_you_mean
 
     raise WeightsError(

@@ -72,7 +72,9 @@ _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.([^.]+)\.(.+)$")
 def list_encoders() -> list[str]:
     """timm encoder names with bundled offline ImageNet weights (``weights="imagenet"``).
 
-    Any other timm model name works as an encoder with ``weights="none"`` or a weights file.
+    Any other timm model name (or ``smp-<name>`` for SMP's own encoders) works as an encoder with
+    ``weights="none"``, a weights file, or ``weights="imagenet"`` from the torch / Hugging Face
+    cache or the network (:mod:`segtune.hub`).
     """
     return list(BUNDLED_ENCODERS)
 
