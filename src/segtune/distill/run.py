@@ -403,7 +403,13 @@ def _train_plan(teacher: _Teacher, plan: _Plan) -> Any:
         "teacher_val_miou": teacher.meta.get("val_miou"), "temperature": plan.temperature, "alpha": plan.alpha,
         "data": plan.data, "unlabelled": plan.unlabelled, "counts": dict(plan.counts),
     }}
-    return TrainPlan(build_model=build_model, build_module=build_module, meta=meta, finalize=finalize, auto=False)
+    return TrainPlan(build_model=build_model, build_module=build_module, meta=meta, finalize=finalize, auto=False,
+                     expected=_unlabelled_note)
+
+
+def _unlabelled_note(problem: Any) -> bool:
+    """The data check's warnings about the label-free masks of the unlabelled images."""
+    return Path(problem.path).name.startswith(_UNLABELLED)
 
 
 def _store_memory(run_dir: Path) -> None:

@@ -138,6 +138,8 @@ class TrainPlan:
         finalize: ``(run_dir, model, metrics, summary) -> None`` after the model and metrics are
             written (rank 0), e.g. to store a replay memory.
         auto: fill ``auto`` config values from the data (False: the caller set them).
+        expected: ``(problem) -> bool``: data-check warnings the plan expects (counted in one line,
+            not printed one by one), e.g. the label-free masks of a distillation's unlabelled images.
     """
 
     build_model: Callable[[Config, Any], torch.nn.Module] | None = None
@@ -145,6 +147,7 @@ class TrainPlan:
     meta: dict[str, Any] = field(default_factory=dict)
     finalize: Callable[[Path, torch.nn.Module, dict[str, Any], dict[str, Any]], None] | None = None
     auto: bool = True
+    expected: Callable[[Any], bool] | None = None
 
 
 def train(
@@ -190,7 +193,7 @@ def train(
         if start.rank:
             _log.set_quiet(True)  # rank 0 reports for all processes
         L.seed_everything(start.cfg.train.seed, workers=True, verbose=False)
-        data = _check_data(start.cfg, start.rank)
+        data = _check_data(start.cfg, start.rank, plan.expected)
         notes = _choose_defaults(start, data, plan.auto)
         parts = _build_parts(start, data, notes, plan)
         trainer, cbs = _build_trainer(start, parts, callbacks)
@@ -279,16 +282,23 @@ class _Data:
     skip: set[Path]
 
 
-def _check_data(cfg: Config, rank: int) -> _Data:
-    """Check every pair (one pass, all problems); refuse bad data unless ``data.skip_bad``."""
+def _check_data(cfg: Config, rank: int, expected: Callable[[Any], bool] | None = None) -> _Data:
+    """Check every pair (one pass, all problems); refuse bad data unless ``data.skip_bad``.
+    Warnings for which ``expected`` is true are counted in one line instead of printed."""
     from ..data import check_data, load_dataset_spec
 
     spec = load_dataset_spec(cfg.data.root)
     report = check_data(spec, max_pixels=cfg.data.max_pixels, progress=cfg.train.progress and rank == 0)
     errors = [p for p in report.problems if p.level == "error"]
+    hidden = []
     for p in report.problems:
         if p.level != "error":
-            _log.warn(str(p))
+            if expected is not None and expected(p):
+                hidden.append(p)
+            else:
+                _log.warn(str(p))
+    if hidden:
+        _log.info(f"{len(hidden)} expected data-check note(s) not shown, e.g. {hidden[0]}")
     skip: set[Path] = set()
     if errors:
         if not cfg.data.skip_bad:
