@@ -13,6 +13,7 @@ import yaml
 
 from segtune.cli import main
 from segtune.config import Config
+from segtune.engine.resume import Interrupted
 from segtune.errors import ConfigError, RunError
 from segtune.tuning import load_space, range_test, tune, write_default_space
 from segtune.tuning.lr_find import suggest_lr
@@ -51,11 +52,15 @@ def test_tune_runs_trials_and_resume_continues_the_count(squares: Path, tmp_path
 
     with pytest.raises(RunError, match="already exists"):  # never overwritten without --resume
         tune(squares, trials=3, space=_SPACE, config=_BASE, out=out)
+    # a process killed during a trial leaves it RUNNING in the SQLite study: resume closes it as
+    # failed (interrupted), does not count it, and runs the missing trial
+    optuna.load_study(study_name="segtune", storage=f"sqlite:///{out / 'study.db'}").ask()
     r2 = tune(trials=4, out=out, resume=True)  # data, space and base config come from the study
-    assert [row["trial"] for row in r2.rows] == [0, 1, 2, 3]
-    assert r2.counts["complete"] == 4
+    assert [row["trial"] for row in r2.rows] == [0, 1, 2, 3, 4]
+    assert r2.counts == {"complete": 4, "pruned": 0, "failed": 1}
+    assert r2.rows[3]["state"] == "failed" and r2.rows[3]["error"].startswith("interrupted")
     table = _csv_rows(out / "trials.csv")
-    assert [t["trial"] for t in table] == ["0", "1", "2", "3"]
+    assert [t["trial"] for t in table] == ["0", "1", "2", "3", "4"]
     assert {"param.optim.lr", "param.loss.class_weights", "val_miou", "error"} <= set(table[0])
 
 
@@ -75,10 +80,23 @@ class _Boom(L.Callback):
         raise RuntimeError("boom in training\nsecond line")
 
 
+class _CtrlC(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does: segtune's handler stops the run
+
+
 def test_crashing_and_pruned_trials_never_crash_the_study(squares: Path, tmp_path: Path) -> None:
     r = tune(squares, trials=2, space=_SPACE, config=_BASE, out=tmp_path / "crash", callbacks=[_Boom()])
     assert r.counts == {"complete": 0, "pruned": 0, "failed": 2}
     assert all(row["error"] == "RuntimeError: boom in training" for row in r.rows)
+    # an interrupt stops the study (not recorded as a finished trial) with the command that continues it
+    with pytest.raises(Interrupted, match="--resume") as e:
+        tune(squares, trials=2, space=_SPACE, config=_BASE, out=tmp_path / "int", callbacks=[_CtrlC()])
+    assert e.value.exit_code == 130 and "\n" not in str(e.value)
+    assert _csv_rows(tmp_path / "int" / "trials.csv")[0]["error"].startswith("interrupted")
     assert r.best_config is None and not list((tmp_path / "crash" / "trials").glob("trial-*"))
     # a pruner that stops every trial at its first report: pruned, not failed, folder removed
     r = tune(squares, trials=1, space=_SPACE, config=_BASE, out=tmp_path / "pruned",
