@@ -193,9 +193,12 @@ def child(backend: str, path: Path, threads: int, batch_rounds: int, limit: int 
 
 
 def measure(work: Path, threads: int, batch_rounds: int, limit: int | None) -> dict[str, dict[str, Any]]:
-    rows: dict[str, dict[str, Any]] = {}
+    done = work / "rows.json"  # rows measured so far: an interrupted --measure continues
+    rows: dict[str, dict[str, Any]] = json.loads(done.read_text()) if done.is_file() else {}
     for name, (backend, rel) in ROWS.items():
         path = work / rel
+        if name in rows:
+            continue
         if not path.exists():
             print(f"{name}: {path} missing, skipped (run --prepare)", flush=True)
             continue
@@ -206,10 +209,11 @@ def measure(work: Path, threads: int, batch_rounds: int, limit: int | None) -> d
         if out.returncode != 0:
             raise SystemExit(f"{name}: child failed:\n{out.stderr[-3000:]}")
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        _common.save_json(done, rows)
         r = rows[name]
         print(f"{name:38s} {r['ms_median']:7.1f} ms (p95 {r['ms_p95']:.1f})  b8 {r['ips_batch8']:5.2f} img/s  "
               f"mIoU {100 * r['miou']:.2f}  {r['size_mb']:.1f} MB  peak RSS {r['rss_peak_mb']:.0f} MB", flush=True)
-    return rows
+    return {n: rows[n] for n in ROWS if n in rows}
 
 
 # --------------------------------------------------------------------------- report

@@ -398,6 +398,9 @@ def _compare(model: torch.nn.Module, path: Path, check: dict[str, Any], meta: di
     cpu_channels_last(model, "cpu")
     ignore = check["spec"].ignore_index if check["spec"] is not None else 255
     with _torch_threads(threads), torch.inference_mode():
+        warm = seg.preprocess([read_rgb(check["pairs"][0][0])])  # first calls are slow: not timed
+        model(torch.from_numpy(warm).contiguous(memory_format=torch.channels_last))
+        seg.session.run(None, {"image": warm})
         for img_path, mask_path in progress_iter(check["pairs"], f"checking {precision}", show=None if progress else False):
             image = read_rgb(img_path)
             h, w = image.shape[:2]
