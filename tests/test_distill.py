@@ -187,6 +187,8 @@ def test_cli_refusals_are_one_line_and_write_nothing(world, tmp_path: Path, caps
     _one_error(capsys, run(teacher, str(two), "--student", "fpn/tf_efficientnet_lite0"), "differ from the teacher's")
     _one_error(capsys, run(teacher, few, "--student", "unet2/tf_efficientnet_lite0"), "unknown architecture")
     _one_error(capsys, run(teacher, few, "--student", "unet"), "give ARCH/ENCODER")
+    _one_error(capsys, run(teacher, few, "--student", "fpn/tf_efficientnet_lite0", "--set", "model.arch=unet"),
+               "the student is set by --student")
     _one_error(capsys, run(teacher, few, "--student", "fpn/tf_efficientnet_lite0", "--temperature", "0"),
                "temperature 0.0: must be > 0")
     _one_error(capsys, run(teacher, few, "--student", "fpn/tf_efficientnet_lite0", "--unlabelled",

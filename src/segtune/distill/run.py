@@ -209,6 +209,10 @@ def _student_config(teacher: _Teacher, arch: str, encoder: str, overrides: Any) 
     cfg.train.cache_features = "off"  # the teacher needs the images of every batch
     cfg.train.name, cfg.train.overwrite = None, False
     ov = _override_dict(overrides)
+    for key in ("model.arch", "model.encoder"):
+        if key in ov:
+            raise ConfigError(f"{key}={ov[key]}: the student is set by --student ARCH/ENCODER "
+                              "(student_arch=, student_encoder= in Python), not by an override")
     if teacher.steps and not {"train.epochs", "train.max_steps"} & set(ov):
         cfg.train.max_steps = teacher.steps  # the same budget as the teacher's run
     if ov:
