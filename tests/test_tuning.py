@@ -255,3 +255,15 @@ def test_tune_benchmark_report_follows_its_json(tuned: float, word: str) -> None
     text = bench.section(doc)
     assert word in text and f"{100 * (tuned - 0.50):+.1f} points" in text
     assert "| 1 | pruned | n/a | optim.lr 0.009 | 12.0 |" in text and "| tuned | head | 0.003 |" in text
+
+
+def test_lr_find_sweeps_the_engines_discriminative_groups(squares: Path) -> None:
+    from segtune.tuning import lr_find
+
+    cfg = {"data": {"root": str(squares), "crop_size": 64, "batch_size": 4},
+           "strategy": {"name": "discriminative", "encoder_lr_factor": 0.1}, "train": {"progress": False}}
+    r = lr_find(cfg, num_steps=4, min_lr=1e-4, max_lr=1e-2)
+    assert len(r.lrs) == 4 and r.lrs[0] == pytest.approx(1e-4) and r.lrs[-1] == pytest.approx(1e-2)
+    assert r.group_ratios["head"] == 1.0
+    enc = {k: v for k, v in r.group_ratios.items() if k.startswith("encoder.")}
+    assert enc and all(v == pytest.approx(0.1) for v in enc.values())
