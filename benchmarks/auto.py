@@ -121,7 +121,7 @@ def domain_data(domain: str, cache: Path) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- runs
 def run_segtune(data: Path, strategy: str, lr: float | None, seed: int, a: argparse.Namespace,
-                runs: Path, name: str) -> dict[str, Any]:
+                runs: Path, name: str, tta: bool = False) -> dict[str, Any]:
     """One segtune run; ``strategy="auto"`` and ``lr=None`` leave the choice to auto. Crop and
     augmentation are always auto's; the step budget ends the run (no validation in between)."""
     import segtune
@@ -145,8 +145,12 @@ def run_segtune(data: Path, strategy: str, lr: float | None, seed: int, a: argpa
     cfg.train.overwrite = True
     run = segtune.train(cfg)
     res = Config.from_yaml(run.dir / "config.yaml")
+    extra = {}
+    if tta:  # the same weights scored again with flip TTA (segtune evaluate --tta flip)
+        m = segtune.evaluate(run.dir, data, progress=False, tta="flip")
+        extra = {"miou_tta_flip": m["miou"], "miou_plain_recheck": m["tta"]["miou_plain"]}
     shutil.rmtree(run.dir, ignore_errors=True)
-    return {"miou": run.metrics["miou"], "per_class": {c["name"]: c["iou"] for c in run.metrics["per_class"]},
+    return {**extra, "miou": run.metrics["miou"], "per_class": {c["name"]: c["iou"] for c in run.metrics["per_class"]},
             "settings": {"strategy": res.strategy.name, "lr": res.optim.lr, "augment": res.data.augment,
                          "crop": res.data.crop_size, "loss": res.loss.name, "class_weights": res.loss.class_weights,
                          "schedule": res.optim.schedule}}
@@ -230,8 +234,8 @@ def section(doc: dict[str, Any]) -> str:
             "training images):", "",
             "| domain | resolution | images | image size | shift | strategy | LR | crop / augmentation | epochs |",
             "|---|---|---:|---|---:|---|---:|---|---:|"]
-    for dom, rows in doc.get("decisions", {}).items():
-        for r in rows:
+    for dom, probe in doc.get("probes", {}).items():  # by today's auto code (pure: no model, no data)
+        for r in decision_table(probe):
             shape = "whole images + flips" if r["augment"] == "flip" else f"crop {r['crop']} + flips"
             out.append(f"| {dom} | {r['resolution']} | {r['size']} | {r['image']} | {r['shift']:.2f} | "
                        f"`{r['strategy']}` | {r['lr']:g} | {shape} | {r['epochs']} |")
@@ -240,31 +244,62 @@ def section(doc: dict[str, Any]) -> str:
     for r in sorted((r for r in doc["rows"] if r["stage"] == "select"),
                     key=lambda r: (r["domain"], r["contender"], r["lr"])):
         out.append(f"| {r['domain']} | {r['contender']} | {r['lr']:g} | {_fmt(r['miou'])} |")
-    out += ["", "**Scoring on the untouched split** (mIoU %, mean ± sd over seeds; LR of each bare loop = its "
-            "selected one):", "", "| domain | auto | bare-frozen | bare-ft (encoder LR x0.1) | auto - better bare "
-            "loop (per seed) | s per run (auto / frozen / ft) |", "|---|---:|---:|---:|---|---|"]
+    out += ["", "**Scoring on the untouched split** (mIoU %, mean ± sd over seeds " + ", ".join(map(str, SEEDS))
+            + "; each bare loop at its selected LR; `auto + TTA` = the same auto weights scored again with "
+            "`segtune evaluate --tta flip`, which the bare loops were not given):", "",
+            "| domain | auto | auto + TTA | bare-frozen | bare-ft (encoder LR x0.1) | auto - better bare loop, per seed "
+            "| CPU s per run (auto / frozen / ft) |", "|---|---:|---:|---:|---:|---|---|"]
     for dom in DOMAINS:
-        ev = [r for r in doc["rows"] if r["stage"] == "eval" and r["domain"] == dom]
-        if not ev:
-            continue
-        by = {c: {r["seed"]: r for r in ev if r["contender"] == c} for c in ("auto", *BARE)}
-        means = {c: statistics.fmean(r["miou"] for r in by[c].values()) for c in BARE if by[c]}
-        best = max(means, key=means.get) if means else None
-        diffs = [100 * (by["auto"][s]["miou"] - by[best][s]["miou"]) for s in SEEDS
-                 if best and s in by["auto"] and s in by[best]]
-        secs = " / ".join(f"{statistics.fmean(r['seconds'] for r in by[c].values()):.0f}" if by[c] else "-"
-                          for c in ("auto", *BARE))
-        lrs = {c: (next(iter(by[c].values()))["lr"] if by[c] else None) for c in BARE}
-        out.append(f"| {dom} | {_mean_sd([r['miou'] for r in by['auto'].values()])} | "
-                   f"{_mean_sd([r['miou'] for r in by['bare-frozen'].values()])} (LR {lrs['bare-frozen']}) | "
-                   f"{_mean_sd([r['miou'] for r in by['bare-ft'].values()])} (LR {lrs['bare-ft']}) | "
-                   f"{', '.join(f'{d:+.1f}' for d in diffs)} vs {best} | {secs} |")
-        auto_set = next(iter(by["auto"].values()))["settings"] if by["auto"] else {}
-        out.append(f"|  | auto chose: {auto_set.get('strategy')}, LR {auto_set.get('lr')}, "
-                   f"{auto_set.get('augment')} (crop {auto_set.get('crop')}) | | | | |")
+        out += _score_rows(doc, dom)
+    out += ["", goal_text(doc)]
     out += ["", "Commands:", "", "```"] + doc["meta"]["commands"] + ["```", "",
             f"Machine: {doc['meta'].get('machine', '?')}. Raw rows: `benchmarks/auto.json`."]
     return "\n".join(out)
+
+
+def paired_gaps(doc: dict[str, Any], dom: str) -> tuple[str | None, list[float]]:
+    """The better bare loop (by mean) and auto minus it per seed, in mIoU points."""
+    ev = [r for r in doc["rows"] if r["stage"] == "eval" and r["domain"] == dom]
+    by = {c: {r["seed"]: r["miou"] for r in ev if r["contender"] == c} for c in ("auto", *BARE)}
+    means = {c: statistics.fmean(by[c].values()) for c in BARE if by[c]}
+    if not means:
+        return None, []
+    best = max(means, key=means.get)
+    return best, [100 * (by["auto"][s] - by[best][s]) for s in SEEDS if s in by["auto"] and s in by[best]]
+
+
+def goal_text(doc: dict[str, Any]) -> str:
+    """Whether auto beat the better bare loop by >= 3 points on both domains and was never below it."""
+    parts, met = [], True
+    for dom in DOMAINS:
+        best, gaps = paired_gaps(doc, dom)
+        if not gaps:
+            return "Goal: not evaluated yet (scoring runs missing)."
+        m = statistics.fmean(gaps)
+        met = met and m >= 3 and min(gaps) >= 0
+        parts.append(f"{dom}: auto - {best} = {m:+.1f} points on average (per seed "
+                     + ", ".join(f"{g:+.1f}" for g in gaps) + ")")
+    return ("**Goal (auto at least 3 points above the better bare loop on both domains, never below it): "
+            + ("met" if met else "not met") + ".** " + "; ".join(parts) + ".")
+
+
+def _score_rows(doc: dict[str, Any], dom: str) -> list[str]:
+    ev = [r for r in doc["rows"] if r["stage"] == "eval" and r["domain"] == dom]
+    if not ev:
+        return []
+    by = {c: {r["seed"]: r for r in ev if r["contender"] == c} for c in ("auto", *BARE)}
+    best, diffs = paired_gaps(doc, dom)
+    cpu = " / ".join(f"{statistics.fmean(r.get('cpu_s', r['seconds']) for r in by[c].values()):.0f}" if by[c] else "-"
+                     for c in ("auto", *BARE))
+    lr = {c: f" (LR {next(iter(by[c].values()))['lr']:g})" if by[c] else "" for c in BARE}
+    tta = [r["miou_tta_flip"] for r in by["auto"].values() if "miou_tta_flip" in r]
+    st = next(iter(by["auto"].values()))["settings"] if by["auto"] else {}
+    shape = "whole images + flips" if st.get("augment") == "flip" else f"crop {st.get('crop')} + flips"
+    return [f"| {dom} (auto: `{st.get('strategy')}`, LR {st.get('lr')}, {shape}) | "
+            f"{_mean_sd([r['miou'] for r in by['auto'].values()])} | {_mean_sd(tta)} | "
+            f"{_mean_sd([r['miou'] for r in by['bare-frozen'].values()])}{lr['bare-frozen']} | "
+            f"{_mean_sd([r['miou'] for r in by['bare-ft'].values()])}{lr['bare-ft']} | "
+            f"{', '.join(f'{d:+.1f}' for d in diffs)} (vs {best}) | {cpu} |"]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -281,9 +316,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _record(doc: dict[str, Any], path: Path, row: dict[str, Any], t0: float) -> None:
+def _record(doc: dict[str, Any], path: Path, row: dict[str, Any], t0: float, c0: float) -> None:
     key = ("stage", "domain", "contender", "lr", "seed")
-    row = {**row, "seconds": round(time.perf_counter() - t0, 1), "load": _common.load_avg(),
+    row = {**row, "seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+           "load": _common.load_avg(),
            "date": _dt.datetime.now().isoformat(timespec="seconds")}
     doc["rows"] = [r for r in doc["rows"] if tuple(r.get(k) for k in key) != tuple(row.get(k) for k in key)] + [row]
     _common.save_json(path, doc)
@@ -320,10 +356,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             doc["meta"]["commands"].append(cmd)
         for dom in a.domains:
             data = domain_data(dom, a.cache)
-            if a.stage in ("probe", "all") or dom not in doc.get("decisions", {}):
-                probe = probe_domain(data["eval"], DOMAINS[dom]["src"])
-                doc.setdefault("probes", {})[dom] = probe
-                doc.setdefault("decisions", {})[dom] = decision_table(probe)
+            if a.stage in ("probe", "all") or dom not in doc.get("probes", {}):
+                doc.setdefault("probes", {})[dom] = probe_domain(data["eval"], DOMAINS[dom]["src"])
                 _common.save_json(a.json, doc)
             for stage, c, lr, seed in _todo(doc, a, dom):
                 if stage == "eval" and c != "auto":
@@ -334,14 +368,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            for r in doc["rows"]):
                         continue
                 print(f"[{dom} {stage}] {c} lr {lr} seed {seed}", flush=True)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 root = data[stage]
                 if c.startswith("auto"):
                     strat = "auto" if c == "auto" else c.split("-", 1)[1]
-                    r = run_segtune(root, strat, lr, seed, a, a.cache / "runs", f"{dom}-{stage}-{c}")
+                    r = run_segtune(root, strat, lr, seed, a, a.cache / "runs", f"{dom}-{stage}-{c}", tta=stage == "eval")
                 else:
                     r = run_bare(root, c, lr, seed, DOMAINS[dom]["bare_crop"], a)
-                _record(doc, a.json, {"stage": stage, "domain": dom, "contender": c, "lr": lr, "seed": seed, **r}, t0)
+                _record(doc, a.json, {"stage": stage, "domain": dom, "contender": c, "lr": lr, "seed": seed, **r}, t0, c0)
     text = section(doc)
     print(text)
     if a.write_results:

@@ -80,3 +80,33 @@ def test_auto_why_quotes_the_fair_comparison() -> None:
         for c in ("segtune-head", "bare-head", "user-full"):
             xs = [r["miou"] for r in ev if r["size"] == n and r["contender"] == c]
             assert xs and f"{100 * statistics.fmean(xs):.1f}" in row.why, (row.max_images, c)
+
+
+def test_auto_follows_the_auto_benchmark() -> None:
+    """The shift threshold separates the measured domains, each domain's auto row is the best of
+    auto's candidates on its selection split, and the far row's reason quotes those numbers."""
+    import json
+    from pathlib import Path
+
+    from segtune.strategies.auto import SHIFT_THRESHOLD, SHIFTED_TABLE
+
+    doc = json.loads((Path(__file__).parents[1] / "benchmarks/auto.json").read_text())
+    shifts = {d: [p["shift"] for p in doc["probes"][d].values()] for d in ("camvid", "membrane")}
+    assert max(shifts["camvid"]) <= SHIFT_THRESHOLD < min(shifts["membrane"]), shifts
+    for dom in ("camvid", "membrane"):
+        sel = [r for r in doc["rows"] if r["stage"] == "select" and r["domain"] == dom and r["contender"].startswith("auto-")]
+        assert len(sel) >= 2, dom
+        best = max(sel, key=lambda r: r["miou"])
+        row = choose_defaults(doc["probes"][dom]["bench"]["num_images"], doc["probes"][dom]["bench"]["shift"])
+        assert (row.strategy, row.lr) == (best["settings"]["strategy"], best["lr"]), (dom, row, best)
+    far = SHIFTED_TABLE[0]
+    mem = {(r["settings"]["strategy"], r["lr"]): r["miou"] for r in doc["rows"]
+           if r["stage"] == "select" and r["domain"] == "membrane" and r["contender"].startswith("auto-")}
+    assert all(f"{100 * v:.1f}" in far.why for v in mem.values())
+    assert f"{doc['probes']['membrane']['bench']['shift']:.2f}" in far.why
+    assert f"{doc['probes']['camvid']['bench']['shift']:.2f}" in far.why
+    # the scoring runs used the decision auto makes today
+    for r in doc["rows"]:
+        if r["stage"] == "eval" and r["contender"] == "auto":
+            p = doc["probes"][r["domain"]]["bench"]
+            assert r["settings"]["strategy"] == choose_defaults(p["num_images"], p["shift"]).strategy

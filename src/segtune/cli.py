@@ -34,7 +34,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
                 "tf_efficientnet_lite0, ImageNet weights bundled)"),
     "weights": ("model.weights", str, "imagenet (bundled, else torch/HF cache or download) | coco (torchvision "
                 "archs) | none | weights file | run folder to start from"),
-    "strategy": ("strategy.name", str, "auto (default: chosen from the data size, reason printed) | {strategies}"),
+    "strategy": ("strategy.name", str, "auto (default: chosen from the data: size, image sizes, domain shift; reason printed) | {strategies}"),
     "freeze_stages": ("strategy.freeze_stages", int, "partial: encoder stages kept frozen"),
     "encoder_lr_factor": ("strategy.encoder_lr_factor", float, "discriminative/gradual: encoder LR = LR x factor"),
     "epochs": ("train.epochs", int, "maximum epochs (default: about 1000 steps, within 30-200 epochs, printed)"),
@@ -381,7 +381,7 @@ def _cmd_models(a: argparse.Namespace) -> int:
           "them from the torch / Hugging Face cache or the network (SEGTUNE_OFFLINE=1: cache only)")
     print("--weights coco: torchvision's COCO checkpoints, for the torchvision architectures "
           "(class layer re-initialised)")
-    print("strategies: " + names["strategies"].replace(" | ", ", ") + " (and auto: chosen from the data size)")
+    print("strategies: " + names["strategies"].replace(" | ", ", ") + " (and auto: chosen from the data)")
     print("losses: " + names["losses"].replace(" | ", ", "))
     return 0
 

@@ -127,8 +127,9 @@ class StrategyConfig:
     """How transfer happens: which parameters train, at which learning rate, when.
 
     Attributes:
-        name: ``auto`` (chosen from the number of training images by the measured table in
-            :mod:`segtune.strategies.auto`; the choice and why is printed) | ``head`` | ``partial`` | ``full`` | ``discriminative`` | ``gradual`` | ``scratch``.
+        name: ``auto`` (chosen from a probe of the training data, i.e. the number of images and
+            a measured domain shift, by the measured tables in :mod:`segtune.strategies.auto`;
+            the choice and why is printed) | ``head`` | ``partial`` | ``full`` | ``discriminative`` | ``gradual`` | ``scratch``.
         freeze_stages: ``partial``: number of encoder stages (from the input side) kept frozen.
         encoder_lr_factor: ``discriminative``: encoder LR = head LR x this factor.
         stage_lr_decay: ``discriminative``: if set, stage k from the top gets factor x decay**k.
