@@ -99,7 +99,7 @@ def test_smp_vgg16_encoder_imagenet_from_hf_cache(caches: Path) -> None:
     assert m.encoder_name == "smp-vgg16"
     for k in ("features.0.weight", "features.28.bias"):
         assert torch.equal(m.encoder.state_dict()[k], state[k])
-    assert len(m.encoder_stages()) == 6  # strides 1, 2, 4, 8, 16, 32
+    assert len(m.encoder_stages()) == 5  # strides 1, 2, 4, 8, 16 (the last max-pool joins 16)
     assert m.describe()["encoder"] == "smp-vgg16"  # what model.yaml records, to rebuild it
 
 
@@ -209,3 +209,17 @@ def test_timm_checkpoint_file_with_renamed_features_loads_through_timm(caches: P
     save_file({k: v.contiguous() for k, v in _random_state(timm.create_model("resnet18")).items()}, str(wrong))
     with pytest.raises(WeightsError, match="only 0 of .* encoder tensors found by name"):
         create_model("unet", "densenet121", num_classes=3, weights=str(wrong))
+
+
+@pytest.mark.parametrize("arch, encoder", [("unet", "smp-vgg11"), ("deeplabv3", "smp-resnet18")])
+def test_smp_native_encoder_stages_partition_every_parameter(arch: str, encoder: str) -> None:
+    """The probed stages hold every encoder parameter once, each stage some; a dilated encoder
+    (DeepLabV3) gets the same 5 stages as an undilated one."""
+    from segtune.strategies import partition
+
+    m = create_model(arch, encoder, num_classes=3, weights="none")
+    *stages, head = partition(m)
+    assert len(stages) == 5 and all(u.params for u in stages) and head.params
+    seen = [id(p) for u in (*stages, head) for _, p in u.params]
+    assert len(seen) == len(set(seen)) and set(seen) == {id(p) for p in m.parameters()}
+    assert {id(p) for u in stages for _, p in u.params} == {id(p) for p in m.encoder.parameters()}

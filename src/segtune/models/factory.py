@@ -373,8 +373,15 @@ def _probe_stages(encoder: nn.Module, prefix: str, size: int = 64) -> list[list[
     stages: list[list[str]] = [[] for _ in levels]
     for u in units:
         stage = levels.index(strides[u]) if u in strides else len(levels) - 1
-        stages[stage].append(f"{prefix}.{u}")
-    return [st for st in stages if st]
+        stages[stage].append(u)
+    # a stage without parameters (VGG's last max-pool) joins the one before it
+    merged: list[list[str]] = []
+    for st in (st for st in stages if st):
+        if merged and not any(True for u in st for _ in encoder.get_submodule(u).parameters()):
+            merged[-1] += st
+        else:
+            merged.append(st)
+    return [[f"{prefix}.{u}" for u in st] for st in merged]
 
 
 def _smp_net(cls_name: str, encoder_name: str, num_classes: int, shown: str) -> nn.Module:
@@ -390,19 +397,26 @@ def _smp_net(cls_name: str, encoder_name: str, num_classes: int, shown: str) -> 
 
 
 def _smp_native_spec(cls_name: str, encoder: str, num_classes: int) -> _Spec:
-    """An SMP architecture on one of SMP's own encoders (``smp-vgg16``, ``smp-resnet50``...)."""
+    """An SMP architecture on one of SMP's own encoders (``smp-vgg16``, ``smp-resnet50``...).
+
+    Stages are probed on the encoder at output stride 32 (a dilated copy, as DeepLabV3 builds,
+    has the same modules but would merge its last stages)."""
+    from segmentation_models_pytorch.encoders import get_encoder
+
     from ..hub import smp_source
 
     name = _check_smp_encoder(encoder)
     net = _smp_net(cls_name, name, num_classes, encoder)
     source = smp_source(name)
+    dilated = getattr(net.encoder, "output_stride", 32) != 2 ** getattr(net.encoder, "_depth", 5)
+    probe = get_encoder(name, depth=net.encoder._depth) if dilated else net.encoder
     return _Spec(
         net=net,
         encoder_name=f"{SMP_PREFIX}{name}",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         encoder_path="encoder",
-        stage_paths=_probe_stages(net.encoder, "encoder"),
+        stage_paths=_probe_stages(probe, "encoder"),
         class_head_prefixes=("segmentation_head.",),
         imagenet_hint=f"SMP lists no ImageNet weights for encoder '{name}'; pass a weights file as "
         "model.weights, or model.weights=none",
