@@ -346,3 +346,20 @@ def test_jpeg_binary_masks_without_classes_and_a_yaml_beside_a_layout(tmp_path: 
     (voc / "dataset.yaml").write_text("name: my-voc\n")
     spec = load_dataset_spec(voc)
     assert spec.name == "my-voc" and spec.format == "voc" and set(spec.splits) == {"train", "val"}
+
+
+def test_coco_split_folders_as_roboflow_exports_them(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    src, _ = make_coco(tmp_path / "one")
+    coco = json.loads((src / "annotations" / "instances_default.json").read_text())
+    root = tmp_path / "roboflow"
+    for folder, keep in (("train", 0), ("valid", 1)):
+        (root / folder).mkdir(parents=True)
+        (root / folder / coco["images"][keep]["file_name"]).write_bytes(
+            (src / "images" / coco["images"][keep]["file_name"]).read_bytes())
+        part = {**coco, "images": [coco["images"][keep]]}
+        (root / folder / "_annotations.coco.json").write_text(json.dumps(part))
+    spec = load_dataset_spec(root)
+    assert spec.format == "coco" and set(spec.splits) == {"train", "val"}
+    assert [len(split_pairs(s)[0]) for s in spec.splits.values()] == [1, 1]
+    assert check_data(spec, progress=False).ok

@@ -49,6 +49,7 @@ __all__ = [
 CROWD_MODES = ("class", "ignore")
 _CACHE_VERSION = 1
 _SPLIT_WORDS = (("val", "val"), ("test", "test"))
+_SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 
 
 def default_cache_dir() -> Path:
@@ -67,10 +68,11 @@ def _looks_like_coco(path: Path) -> bool:
 
 
 def find_coco_jsons(folder: str | Path) -> list[Path]:
-    """COCO JSON files directly in ``folder`` or in ``folder/annotations`` (sorted by name)."""
+    """COCO JSON files in ``folder``, ``folder/annotations`` or split folders (``train/``, ``valid/``,
+    ``test/``: Roboflow's export), sorted by name within each folder."""
     p = Path(folder)
     out: list[Path] = []
-    for d in (p, p / "annotations"):
+    for d in (p, p / "annotations", *(p / s for s in _SPLIT_FOLDERS)):
         if d.is_dir():
             out += sorted(f for f in d.iterdir() if f.suffix.lower() == ".json" and f.is_file() and _looks_like_coco(f))
     return out
@@ -107,6 +109,8 @@ def coco_classes(coco: dict[str, Any]) -> list[str]:
 
 
 def _split_of(json_path: Path) -> str:
+    if json_path.parent.name.lower() in _SPLIT_FOLDERS:
+        return _SPLIT_FOLDERS[json_path.parent.name.lower()]
     stem = json_path.stem.lower()
     for word, split in _SPLIT_WORDS:
         if word in stem:
@@ -125,8 +129,9 @@ def _images_dir(root: Path, json_path: Path, coco: dict[str, Any]) -> Path:
 
 
 def describe_coco(root: Path) -> dict[str, Any]:
-    """dataset.yaml-style dict of a folder holding COCO JSON files (one split per file, by name:
-    ``*val*`` -> val, ``*test*`` -> test, anything else -> train).
+    """dataset.yaml-style dict of a folder holding COCO JSON files (one split per file, by its split
+    folder ``train/``, ``valid/``, ``test/``, else by name: ``*val*`` -> val, ``*test*`` -> test,
+    anything else -> train).
 
     Raises:
         ConfigError: two JSON files map to the same split.
