@@ -354,33 +354,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cmd = _common.command_line("auto.py", argv)
         if cmd not in doc["meta"]["commands"]:
             doc["meta"]["commands"].append(cmd)
+        data = {dom: domain_data(dom, a.cache) for dom in a.domains}
         for dom in a.domains:
-            data = domain_data(dom, a.cache)
             if a.stage in ("probe", "all") or dom not in doc.get("probes", {}):
-                doc.setdefault("probes", {})[dom] = probe_domain(data["eval"], DOMAINS[dom]["src"])
+                doc.setdefault("probes", {})[dom] = probe_domain(data[dom]["eval"], DOMAINS[dom]["src"])
                 _common.save_json(a.json, doc)
-            for stage, c, lr, seed in _todo(doc, a, dom):
-                if stage == "eval" and c != "auto":
-                    lr = selected(doc, dom, c)  # after this invocation's selection runs
-                    if lr is None:
-                        raise SystemExit(f"{dom}: no complete selection for {c}: run --stage select first")
-                    if any((r["stage"], r["domain"], r["contender"], r["lr"], r["seed"]) == (stage, dom, c, lr, seed)
-                           for r in doc["rows"]):
-                        continue
-                print(f"[{dom} {stage}] {c} lr {lr} seed {seed}", flush=True)
-                t0, c0 = time.perf_counter(), time.process_time()
-                root = data[stage]
-                if c.startswith("auto"):
-                    strat = "auto" if c == "auto" else c.split("-", 1)[1]
-                    r = run_segtune(root, strat, lr, seed, a, a.cache / "runs", f"{dom}-{stage}-{c}", tta=stage == "eval")
-                else:
-                    r = run_bare(root, c, lr, seed, DOMAINS[dom]["bare_crop"], a)
-                _record(doc, a.json, {"stage": stage, "domain": dom, "contender": c, "lr": lr, "seed": seed, **r}, t0, c0)
+        # selection before scoring; scoring seed by seed across domains (an interrupted run leaves
+        # complete seeds on both domains)
+        jobs = sorted(((dom, *j) for dom in a.domains for j in _todo(doc, a, dom)),
+                      key=lambda j: (j[1] != "select", j[4] if j[1] == "eval" else 0, a.domains.index(j[0])))
+        for dom, stage, c, lr, seed in jobs:
+            _run_job(doc, a, data[dom], dom, stage, c, lr, seed)
     text = section(doc)
     print(text)
     if a.write_results:
         _common.write_section(text, START, END)
     return doc
+
+
+def _run_job(doc: dict[str, Any], a: argparse.Namespace, data: dict[str, Path], dom: str, stage: str, c: str,
+             lr: float | None, seed: int) -> None:
+    """One run of the grid, recorded in the JSON (a bare loop's scoring LR = its selected one)."""
+    if stage == "eval" and c != "auto":
+        lr = selected(doc, dom, c)  # after this invocation's selection runs
+        if lr is None:
+            raise SystemExit(f"{dom}: no complete selection for {c}: run --stage select first")
+        if any((r["stage"], r["domain"], r["contender"], r["lr"], r["seed"]) == (stage, dom, c, lr, seed)
+               for r in doc["rows"]):
+            return
+    print(f"[{dom} {stage}] {c} lr {lr} seed {seed}", flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    if c.startswith("auto"):
+        strat = "auto" if c == "auto" else c.split("-", 1)[1]
+        r = run_segtune(data[stage], strat, lr, seed, a, a.cache / "runs", f"{dom}-{stage}-{c}", tta=stage == "eval")
+    else:
+        r = run_bare(data[stage], c, lr, seed, DOMAINS[dom]["bare_crop"], a)
+    _record(doc, a.json, {"stage": stage, "domain": dom, "contender": c, "lr": lr, "seed": seed, **r}, t0, c0)
 
 
 def _load(path: Path) -> dict[str, Any]:

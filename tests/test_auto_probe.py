@@ -113,3 +113,35 @@ def test_probe_data_reads_sizes_and_measures_shift(tmp_path: Path) -> None:
     assert p.num_images == 4 and sorted(p.sizes) == [(40, 30)] * 3 + [(64, 48)]
     assert p.shift is not None and p.shift > 0
     assert probe_data(paths).shift is None
+
+
+def test_auto_benchmark_report_states_the_goal_from_the_rows() -> None:
+    from conftest import load_benchmark
+
+    bench = load_benchmark("auto")
+
+    def doc(gaps: dict[str, list[float]]) -> dict:
+        rows = []
+        for dom, gs in gaps.items():
+            for seed, g in enumerate(gs):
+                base = 0.5 + 0.01 * seed
+                rows += [{"stage": "eval", "domain": dom, "contender": "bare-frozen", "seed": seed, "miou": base,
+                          "lr": 1e-2, "seconds": 1.0, "settings": {}},
+                         {"stage": "eval", "domain": dom, "contender": "bare-ft", "seed": seed, "miou": base - 0.1,
+                          "lr": 1e-2, "seconds": 1.0, "settings": {}},
+                         {"stage": "eval", "domain": dom, "contender": "auto", "seed": seed, "miou": base + g / 100,
+                          "lr": None, "seconds": 1.0, "miou_tta_flip": base,
+                          "settings": {"strategy": "head", "lr": 3e-3, "augment": "flip", "crop": None}}]
+        probes = {"camvid": {"bench": {"num_images": 367, "sizes": [[120, 90]], "shift": 0.1}},
+                  "membrane": {"bench": {"num_images": 24, "sizes": [[192, 192]], "shift": 0.33}}}
+        return {"profile": {"steps": 50, "batch": 4}, "meta": {"commands": ["python benchmarks/auto.py"]},
+                "rows": rows, "probes": probes}
+
+    met = bench.goal_text(doc({"camvid": [3.5, 4.0, 3.2], "membrane": [5.0, 3.1, 4.0]}))
+    assert "met." in met and "not met" not in met and "+3.6" in met
+    below_once = bench.goal_text(doc({"camvid": [6.0, 6.0, -0.5], "membrane": [5.0, 5.0, 5.0]}))
+    assert "not met" in below_once  # mean above 3, but below the better loop on one seed
+    assert "not evaluated" in bench.goal_text(doc({"camvid": [1.0]}))
+    text = bench.section(doc({"camvid": [1.0, 2.0, 0.0], "membrane": [0.0, 0.5, 1.0]}))
+    assert "| membrane | bench | 30 | 192x192 | 0.33 | `discriminative` |" in text  # today's decision
+    assert "| camvid | bench | 30 | 120x90 | 0.10 | `head` |" in text and "not met" in text
