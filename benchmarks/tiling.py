@@ -222,6 +222,13 @@ def section(doc: dict[str, Any], json_path: Path | None = None) -> str:
         met = "within" if abs(d) <= 0.5 else "outside"
         reading.append(f"{v[4:].split('-')[0]} px tiles with Gaussian blending: {d:+.2f} points vs whole-image "
                        f"({met} the 0.5-point goal), uniform averaging {100 * (u['miou'] - base):+.2f}")
+    if gauss:
+        diffs = [100 * (r["miou"] - rows[v.replace("gaussian", "uniform")]["miou"]) for v, r in gauss]
+        verdict = ("Gaussian blending beat plain averaging at every tile size" if min(diffs) > 0 else
+                   "Gaussian blending did not beat plain averaging here" if max(diffs) <= 0 else
+                   "Gaussian vs plain averaging went both ways")
+        reading.append(f"{verdict} (Gaussian minus uniform: " + ", ".join(
+            f"{d:+.2f} at {v[4:].split('-')[0]} px" for d, (v, _) in zip(diffs, gauss, strict=True)) + ")")
     if "tta-flip" in rows:
         reading.append(f"TTA flip: {100 * (rows['tta-flip']['miou'] - base):+.2f} points over plain whole-image inference")
     lines += ["", "Reading it: " + "; ".join(reading) + ". One model, one seed, one split: differences of a few "
