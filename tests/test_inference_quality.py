@@ -222,6 +222,8 @@ def test_evaluate_single_split_folder_tta_gain_and_confusion_plot(tiny_run: Path
     assert png.is_file() and Image.open(png).size[0] > 300
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["summary"]["split"] == "train" and saved["summary"]["tta"] == "flip"
+    default = segtune.evaluate(tiny_run, data, progress=False, device="cpu")  # named after the folder
+    assert Path(default["files"][0]) == tiny_run / "eval-held_out" / "metrics.json"
     with pytest.raises(DataError, match="no 'val' split"):
         segtune.evaluate(tiny_run, data, split="val", out=tmp_path / "x", progress=False)
 
@@ -235,3 +237,19 @@ def test_cli_evaluate_prints_tta_gain(tiny_run: Path, tmp_path: Path, capsys: py
     assert "confusion_matrix.png" in text
     assert main(["evaluate", str(tiny_run), str(data), "--tta", "rotate"]) == 2
     assert capsys.readouterr().err.startswith("error: --tta rotate")
+
+
+def test_choose_split_rule(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from segtune.engine.evaluate import choose_split
+
+    def spec(*names: str) -> SimpleNamespace:
+        return SimpleNamespace(splits={n: SimpleNamespace(images=tmp_path / n) for n in names})
+
+    assert choose_split(spec("train", "val", "test"), None, "d") == "val"
+    assert choose_split(spec("train"), None, "d") == "train"  # single split: scored whole
+    assert choose_split(spec("train", "test"), None, "d") == "test"
+    assert choose_split(spec("train", "val"), "train", "d") == "train"  # asked: always honoured
+    with pytest.raises(DataError, match="available: train, val"):
+        choose_split(spec("train", "val"), "test", "d")

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split to score (default: val; a folder with a single split, e.g. images/ + masks/, "
                         "is scored whole)")
     e.add_argument("--out", help="folder for metrics.json, per_class_iou.png and confusion_matrix.png "
-                                 "(default RUN/eval-SPLIT)")
+                                 "(default RUN/eval-SPLIT; RUN/eval-FOLDER for a single-split folder)")
     e.add_argument("--tta", metavar="SPEC",
                    help="test-time augmentation, e.g. flip, scales=0.75,1,1.25 or flip,scales=0.75,1,1.25 "
                         "(averaged softmax); also reports plain inference and the gain")

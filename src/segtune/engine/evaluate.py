@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -218,7 +219,7 @@ def evaluate(
         split: which split to score (``val``, ``test`` or ``train``); None: ``val``, or the
             single split of a folder that has one (``images/`` + ``masks/``), see :func:`choose_split`.
         out: folder for metrics.json, per_class_iou.png and confusion_matrix.png (default
-            ``<run>/eval-<split>``).
+            ``<run>/eval-<split>``; ``<run>/eval-<data set name>`` for a single-split folder).
         batch_size: images per forward pass.
         device: ``cpu``/``cuda`` (default: cuda if available).
         progress: show a progress bar.
@@ -234,6 +235,7 @@ def evaluate(
 
     tta = parse_tta(tta)  # a bad spec fails before the model loads
     model, meta = load_model(run)
+    asked = split
     spec, split, shift, loader, n_images = _eval_loader(run, data, split, meta, batch_size)
     _warn_if_training_data(run, data, split)
     if device is None:
@@ -242,7 +244,11 @@ def evaluate(
     names = list(meta["classes"]) if shift else list(spec.classes)
     metrics = evaluate_model(model, loader, spec.num_classes + shift, spec.ignore_index, names, device,
                              progress, suppress=suppress, tta=tta)
-    out_dir = Path(out) if out else Path(run) / f"eval-{split}"
+    # a single-split folder (a held-out test set) is named after itself, so two such folders
+    # evaluated with one run do not share (and overwrite) eval-train/
+    single = asked is None and len(spec.splits) == 1
+    default = f"eval-{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(spec.name)) or split}" if single else f"eval-{split}"
+    out_dir = Path(out) if out else Path(run) / default
     summary = {"run": str(run), "data": str(data), "split": split, "images": n_images,
                "tta": None if tta is None else str(tta)}
     files = write_evaluation(out_dir, metrics, summary=summary, confusion_png=True)
