@@ -61,7 +61,7 @@ def test_offline_switches_answer_at_once(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.parametrize("where", ["hf", "torch"])
-def test_timm_encoder_imagenet_from_cache(caches: Path, where: str) -> None:
+def test_timm_encoder_imagenet_from_cache(caches: Path, where: str, capsys) -> None:
     import timm
 
     full = timm.create_model("resnet18", pretrained=False)
@@ -77,6 +77,7 @@ def test_timm_encoder_imagenet_from_cache(caches: Path, where: str) -> None:
     assert torch.equal(enc.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
     assert torch.equal(enc.layer2[0].bn1.running_var, state["layer2.0.bn1.running_var"])
     assert "timm resnet18.a1_in1k" in m.weights_info and "encoder" in m.weights_info
+    assert "tensors into the resnet18 encoder (unused: fc)" in capsys.readouterr().err
 
 
 def test_timm_file_missing_a_tensor_is_refused(caches: Path) -> None:
@@ -192,7 +193,7 @@ def test_cli_missing_weights_exit_2_one_line_no_run_folder(caches: Path, squares
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
 
 
-def test_timm_checkpoint_file_with_renamed_features_loads_through_timm(caches: Path) -> None:
+def test_timm_checkpoint_file_with_renamed_features_loads_through_timm(caches: Path, capsys) -> None:
     """DenseNet's ``features.conv0`` is ``features_conv0`` in the encoder: a downloaded timm
     checkpoint passed by path still loads (through timm), all tensors checked."""
     import timm
@@ -201,6 +202,7 @@ def test_timm_checkpoint_file_with_renamed_features_loads_through_timm(caches: P
     f = caches / "densenet121.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(f))
     m = create_model("unet", "densenet121", num_classes=3, weights=str(f))
+    assert "(unused: classifier)" in capsys.readouterr().err
     enc = m.encoder.state_dict()
     assert torch.equal(enc["model.features_conv0.weight"], state["features.conv0.weight"])
     assert torch.equal(enc["model.features_denseblock4.denselayer16.conv2.weight"],

@@ -344,7 +344,8 @@ def load_hub_timm(model: SegModel, path: Path, f: HubFile) -> str:
         ) from None
     state = ref.state_dict()
     enc.load_state_dict(state, strict=True)
-    head = sorted({k.split(".")[0] for k in src} - {k.split(".")[1].split("_")[0] for k in state})
+    tops = {k.split(".")[1] for k in state}  # "model.<top>...": features_only may flatten "a.0" to "a_0"
+    head = sorted(t for t in {k.split(".")[0] for k in src} if not any(u == t or u.startswith(t + "_") for u in tops))
     _log.info(
         f"weights: {f.label} ({path}): {len(state)} tensors into the {name} encoder"
         + (f" (unused: {', '.join(head)})" if head else "")
