@@ -220,6 +220,13 @@ def test_refusals_exit_2(exported, tmp_path: Path, capsys) -> None:
     assert "onnx" in capsys.readouterr().err
     assert main(["export", str(run), "--out", str(tmp_path / "c.txt")]) == 2
     assert ".onnx" in capsys.readouterr().err
+    # a run folder without config.yaml: its val images are unknown
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.safetensors", "model.yaml"):
+        (bare / name).write_bytes((run / name).read_bytes())
+    assert main(["export", str(bare), "--no-progress"]) == 2
+    assert "pass --check DATA" in capsys.readouterr().err and not (bare / "model.onnx").exists()
     # predict: a foreign ONNX file without segtune metadata, and a missing one
     import onnx
 

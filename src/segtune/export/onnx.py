@@ -224,22 +224,30 @@ def _data_pairs(data: str | Path, prefer: tuple[str, ...]) -> tuple[list[Pair], 
     return sorted((Path(i), Path(m)) for i, m in pairs), spec
 
 
-def _run_val_pairs(run: Path) -> tuple[list[Pair], Any]:
-    """The run's own validation pairs, split as training split them (config.yaml)."""
+def _run_data(run: Path, flag: str) -> tuple[dict[str, Any], int]:
+    """The ``data`` section and seed of the run's config.yaml."""
     import yaml
-
-    from ..data.split import split_train_val
 
     cfg_path = run / "config.yaml"
     try:
-        data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))["data"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise RunError(f"{cfg_path}: missing or unreadable, so the run's val images are unknown; "
-                       "pass --check DATA") from None
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        data, seed = cfg["data"], int((cfg.get("train") or {}).get("seed", 0))
+        if not data.get("root"):
+            raise KeyError("root")
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError):
+        raise RunError(f"{cfg_path}: missing or without data.root, so the run's data is unknown; "
+                       f"pass {flag} DATA") from None
+    return data, seed
+
+
+def _run_val_pairs(run: Path) -> tuple[list[Pair], Any]:
+    """The run's own validation pairs, split as training split them (config.yaml)."""
+    from ..data.split import split_train_val
+
+    data, seed = _run_data(run, "--check")
     train, spec = _data_pairs(data["root"], ("train",))
     has_val = "val" in spec.splits and spec.splits["val"].masks is not None
     val = _data_pairs(data["root"], ("val",))[0] if has_val else None
-    seed = int((yaml.safe_load(cfg_path.read_text(encoding="utf-8")).get("train") or {}).get("seed", 0))
     s = split_train_val(train, val, val_fraction=data.get("val_fraction", 0.2), seed=seed,
                         max_val_images=data.get("max_val_images"), source=str(data["root"]))
     return s.val, spec
@@ -254,9 +262,7 @@ def _check_pairs(run: Path, check: str | Path | None, limit: int | None) -> dict
 
 def _calibration_images(run: Path, data: str | Path | None, limit: int) -> list[Path]:
     if data is None:
-        import yaml
-
-        root = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["data"]["root"]
+        root = _run_data(run, "--calibration")[0]["root"]
         _log.info(f"INT8 calibration on the run's training images ({root}); --calibration DATA to choose")
         data = root
     pairs = _data_pairs(data, ("train", "val"))[0]
