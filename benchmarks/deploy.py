@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--prepare", action="store_true", help="train the teacher and student, export them")
     ap.add_argument("--measure", action="store_true", help="measure every backend present in --work")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "deploy-bench", help="models folder")
-    ap.add_argument("--steps", type=int, default=120, help="optimiser steps of teacher and student")
+    ap.add_argument("--steps", type=int, default=80, help="optimiser steps of teacher and student")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, help="only the first N val images (default all 101)")
