@@ -222,8 +222,8 @@ def _detect_layout(p: Path) -> DatasetSpec:
     found = detect_layouts(p)
     if len(found) > 1:
         raise ConfigError(
-            f"{p}: the folder matches several layouts ({', '.join(found)}); "
-            f"write a dataset.yaml with format: one of them"
+            f"{p}: the folder matches several layouts: {', '.join(found)} "
+            "(write a dataset.yaml naming one with format:)"
         )
     if not found:
         raise DataError(
