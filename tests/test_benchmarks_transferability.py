@@ -43,3 +43,5 @@ def test_section_follows_the_numbers(flip: bool) -> None:
     text = bench.section(doc)
     assert f"| camvid | multi | logme | {'-1.00' if flip else '1.00'} |" in text
     assert "100 s against the 180 s goal: met" in text
+    best = "random:tf_efficientnet_lite0" if flip else "tf_efficientnet_lite0"
+    assert f"the best fine-tuned candidate was {best} " in text
