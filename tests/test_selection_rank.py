@@ -94,3 +94,30 @@ def test_run_folder_and_file_candidates(tmp_path: Path) -> None:
     f.write_bytes(b"x")
     kinds = [(c.kind, c.encoder) for c in parse_candidates(f"{run},{f},tf_efficientnet_lite1:{f},random:x")]
     assert kinds == [("run", ""), ("file", "tf_efficientnet_lite0"), ("file", "tf_efficientnet_lite1"), ("random", "x")]
+
+
+def test_file_and_run_candidates_score_exactly_the_weights_they_hold(synthetic: Path, tmp_path: Path) -> None:
+    """An encoder file, a whole-model file of another class count and a run folder holding the
+    random reference's encoder all score exactly like the reference."""
+    from safetensors.torch import save_file
+
+    from segtune.models import create_model
+    from segtune.models.modelfile import save_model
+    from segtune.selection.candidates import build_encoder
+
+    ref = build_encoder(parse_candidates("random:tf_efficientnet_lite0")[0], seed=0)
+    enc_file = tmp_path / "enc.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.encoder.state_dict().items()}, str(enc_file))
+    whole = create_model("unet", "tf_efficientnet_lite0", 3, weights="none")
+    whole.encoder.load_state_dict(ref.encoder.state_dict())
+    whole_file = tmp_path / "whole.safetensors"
+    save_file({k: v.contiguous() for k, v in whole.state_dict().items()}, str(whole_file))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_model(run, whole, {"classes": ["a", "b", "c"]})
+    cands = ["random:tf_efficientnet_lite0", f"tf_efficientnet_lite0:{enc_file}", str(whole_file), str(run)]
+    r = rank_encoders(synthetic, cands, levels="deepest", scores=["logme", "h_score"], pixels_per_class=50,
+                      max_images=3, progress=False)
+    by = {row["candidate"]: row["scores"] for row in r.rows}
+    for c in cands[1:]:
+        assert by[c] == pytest.approx(by[cands[0]], rel=1e-6), c

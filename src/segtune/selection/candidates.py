@@ -120,10 +120,17 @@ def build_encoder(candidate: Candidate, seed: int = 0) -> SegModel:
         from ..models.modelfile import load_model
 
         model, _ = load_model(candidate.source)
+    elif candidate.kind == "file":
+        try:
+            model = create_model("unet", encoder=candidate.encoder, num_classes=2, weights=str(candidate.source))
+        except WeightsError as e:  # a whole-model file of another class count: take its encoder
+            model = create_model("unet", encoder=candidate.encoder, num_classes=2, weights="none")
+            if not _encoder_from_whole_model(model, candidate.source):
+                raise e from None
     else:
-        weights = {"imagenet": "imagenet", "random": "none"}.get(candidate.kind, str(candidate.source))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            weights = "imagenet" if candidate.kind == "imagenet" else "none"
             model = create_model("unet", encoder=candidate.encoder, num_classes=2, weights=weights)
     if not model.splits_encoder_decoder:
         raise ConfigError(
@@ -131,3 +138,22 @@ def build_encoder(candidate: Candidate, seed: int = 0) -> SegModel:
             "architectures (unet, fpn, ...) only"
         )
     return model.eval()
+
+
+def _encoder_from_whole_model(model: SegModel, path: Path) -> bool:
+    """Load the encoder tensors of a whole-model state dict into ``model.encoder``.
+
+    Returns:
+        False (nothing loaded) unless every encoder tensor is found with the right shape.
+    """
+    from ..models import load_state_file
+    from ..models._loading import match_state
+
+    enc = model.encoder
+    shapes = {k: tuple(v.shape) for k, v in enc.state_dict().items()}
+    mapped, _, _ = match_state(load_state_file(path), shapes)
+    needed = [k for k in shapes if not k.endswith("num_batches_tracked")]
+    if any(k not in mapped or tuple(mapped[k].shape) != shapes[k] for k in needed):
+        return False
+    enc.load_state_dict(mapped, strict=False)
+    return True
