@@ -167,7 +167,7 @@ def _plot(ranking: Ranking, path: Path) -> None:
         ax.barh(range(len(vals)), vals, color=colors)
         ax.set_yticks(range(len(vals)))
         ax.set_yticklabels(labels if ax is axes[0] else [""] * len(vals), fontsize=8)
-        ax.set_title(s + (" (ranks)" if s == ranking.rank_by else ""), fontsize=10)
+        ax.set_title(s + (" (orders the table)" if s == ranking.rank_by else ""), fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"transferability on {ranking.info.get('data', '')} (higher is better; grey: random init)", fontsize=10)
     fig.tight_layout()
