@@ -214,3 +214,36 @@ def test_interrupted_distillation_resumes_to_the_same_weights(world, tmp_path: P
     assert resume_distill(cut) == cut
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hint_loss_matches_a_hand_computation() -> None:
+    from segtune.distill.losses import hint_loss
+    from segtune.distill.module import _hint_adapter
+    from segtune.errors import ConfigError
+
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 4, 6, 6, generator=g)
+    assert float(hint_loss(s, t)) == pytest.approx(float(((s - t) ** 2).mean()), rel=1e-6)
+    small = torch.randn(2, 4, 3, 3, generator=g)
+    up = torch.nn.functional.interpolate(small, size=(6, 6), mode="bilinear", align_corners=False)
+    assert float(hint_loss(small, t)) == pytest.approx(float(((up - t) ** 2).mean()), rel=1e-6)
+    with pytest.raises(ConfigError, match="feature hints need SMP architectures"):
+        _hint_adapter(torch.nn.Identity(), torch.nn.Identity())
+
+
+def test_feature_hint_trains_an_adapter_kept_out_of_the_model(world, tmp_path: Path) -> None:
+    run = distill(world["teacher"], world["few"], student_arch=STUDENT[0], student_encoder=STUDENT[1],
+                  unlabelled=world["unl"], hint_weight=1.0, out=tmp_path, name="hint", progress=False,
+                  overrides={**FAST, "train.max_steps": 3})
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    adapter = ckpt["state_dict"]["hint_adapter.weight"]
+    assert adapter.shape[:2] == (16, 128)  # unet (teacher) decoder: 16 channels; fpn (student): 128
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert [g["name"] for g in groups].count("hint_adapter") == 1  # trained, from step 0
+    assert ckpt["optimizer_states"][0]["state"]  # AdamW moments exist: the steps ran
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(str(run / "model.safetensors")) if "hint" in k]
+    assert yaml.safe_load((run / "model.yaml").read_text())["distillation"]["hint_weight"] == 1.0
+    assert yaml.safe_load((run / "distill.yaml").read_text())["hint_weight"] == 1.0
+    assert 0.0 <= _miou(run) <= 1.0

@@ -32,6 +32,9 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     d.add_argument("--temperature", type=float, default=None, help="softmax temperature T (default 2)")
     d.add_argument("--alpha", type=float, default=None,
                    help="weight of the labels' loss in [0, 1]; distillation gets 1 - alpha (default 0.5)")
+    d.add_argument("--hint-weight", type=float, default=0.0,
+                   help="weight of a feature hint: the student's decoder output regresses the teacher's through "
+                        "a trained 1x1 convolution (default 0: off; SMP architectures)")
     d.add_argument("--epochs", type=int, help="epochs (default: as many optimiser steps as the teacher's run)")
     d.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     d.add_argument("--lr", type=float, help="learning rate (default: the teacher's)")
@@ -67,7 +70,7 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     run_dir = distill(a.run, a.data, student_arch=arch, student_encoder=encoder, unlabelled=a.unlabelled,
                       overrides=overrides,
                       temperature=DEFAULT_TEMPERATURE if a.temperature is None else a.temperature,
-                      alpha=DEFAULT_ALPHA if a.alpha is None else a.alpha,
+                      alpha=DEFAULT_ALPHA if a.alpha is None else a.alpha, hint_weight=a.hint_weight,
                       out=a.out, name=a.name, progress=not a.no_progress)
     print(f"student  ->  {run_dir}")
     return 0

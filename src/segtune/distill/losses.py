@@ -9,11 +9,12 @@ comparable across temperatures). The label term is the run's own loss (``loss.na
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..incremental.losses import kd_loss
 
-__all__ = ["kd_loss", "distillation_loss", "check_temperature_alpha"]
+__all__ = ["kd_loss", "distillation_loss", "hint_loss", "check_temperature_alpha"]
 
 
 def check_temperature_alpha(temperature: float, alpha: float) -> None:
@@ -45,3 +46,23 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, label_loss
     kd = kd_loss(student_logits, teacher_logits.detach(), T=float(temperature), mask=mask)
     total = float(alpha) * label_loss + (1.0 - float(alpha)) * kd
     return total, kd.detach()
+
+
+def hint_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
+    """Feature hint: mean squared difference of (N, C, H, W) maps (FitNets, Romero et al. 2015).
+
+    Args:
+        student_features: the student's features mapped to the teacher's channel count C.
+        teacher_features: the teacher's features (no gradient flows into them); a different
+            spatial size is matched by bilinear resizing of the student's map.
+
+    Returns:
+        Scalar float32 loss (>= 0).
+    """
+    t = teacher_features.detach().float()
+    s = student_features.float()
+    if s.shape[-2:] != t.shape[-2:]:
+        s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+    if s.shape != t.shape:
+        raise ValueError(f"hint: student features {tuple(s.shape)} and teacher features {tuple(t.shape)} differ")
+    return F.mse_loss(s, t)

@@ -97,6 +97,7 @@ class _Plan:
     alpha: float
     classes: list[str]
     counts: dict[str, int] = field(default_factory=dict)
+    hint_weight: float = 0.0
 
 
 @dataclass
@@ -117,6 +118,7 @@ def distill(
     overrides: dict[str, Any] | list[str] | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     alpha: float = DEFAULT_ALPHA,
+    hint_weight: float = 0.0,
     out: str | Path | None = None,
     name: str | None = None,
     progress: bool = True,
@@ -137,6 +139,8 @@ def distill(
             optimiser steps as the teacher did.
         temperature: softmax temperature T of the KD term (> 0).
         alpha: weight of the labels' loss in [0, 1]; the KD term gets ``1 - alpha``.
+        hint_weight: weight of a feature hint (0, the default: off): the student's decoder output,
+            through a trained 1x1 convolution, regresses the teacher's (MSE); SMP architectures.
         out, name: where the student's run folder goes (default: next to the teacher,
             ``<teacher>-<arch>-<encoder>``).
         progress: progress bars.
@@ -156,13 +160,16 @@ def distill(
         check_temperature_alpha(temperature, alpha)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if not float(hint_weight) >= 0:
+        raise ConfigError(f"hint weight {hint_weight}: must be >= 0 (0 turns the feature hint off)")
     teacher = _load_teacher(teacher_run)
     cfg = _student_config(teacher, student_arch, student_encoder, overrides)
     inputs = _check_inputs(teacher, data, unlabelled, cfg, progress)
     _build_student(cfg, len(teacher.classes))  # refuses an unknown encoder or missing weights now
     plan = _Plan(str(teacher.dir), str(Path(data).resolve()), str(Path(unlabelled).resolve()) if unlabelled else None,
                  cfg.model.arch, cfg.model.encoder, float(temperature), float(alpha), list(teacher.classes),
-                 {"labelled": len(inputs.train), "unlabelled": len(inputs.unlabelled), "val": len(inputs.val)})
+                 {"labelled": len(inputs.train), "unlabelled": len(inputs.unlabelled), "val": len(inputs.val)},
+                 float(hint_weight))
     out = Path(out) if out is not None else teacher.dir.parent
     run_dir = _new_folder(teacher, cfg, out, name)
     try:
@@ -396,7 +403,7 @@ def _train_plan(teacher: _Teacher, plan: _Plan) -> Any:
         norm = t_meta.get("normalization") or {}
         t_norm = (tuple(norm.get("mean", t_model.mean)), tuple(norm.get("std", t_model.std)))
         return DistillModule(model, strategy, loss, optim, spec.num_classes, spec.ignore_index, list(spec.classes),
-                             t_model, t_norm, plan.temperature, plan.alpha)
+                             t_model, t_norm, plan.temperature, plan.alpha, plan.hint_weight)
 
     def finalize(run_dir: Path, model: Any, metrics: dict[str, Any], summary: dict[str, Any]) -> None:
         _store_memory(run_dir)
@@ -405,6 +412,7 @@ def _train_plan(teacher: _Teacher, plan: _Plan) -> Any:
     meta = {"distillation": {
         "teacher": plan.teacher, "teacher_arch": tmodel.get("arch"), "teacher_encoder": tmodel.get("encoder"),
         "teacher_val_miou": teacher.meta.get("val_miou"), "temperature": plan.temperature, "alpha": plan.alpha,
+        "hint_weight": plan.hint_weight,
         "data": plan.data, "unlabelled": plan.unlabelled, "counts": dict(plan.counts),
     }}
     return TrainPlan(build_model=build_model, build_module=build_module, meta=meta, finalize=finalize, auto=False,
