@@ -137,12 +137,38 @@ def section(doc: dict[str, Any]) -> str:
         f = fin[name]
         lines.append(f"| {name} | {f['strategy']} | {f['lr']:.2g} | {f['loss']} | {f['class_weights']} | "
                      f"{_pct(f['val_miou'])} | {f['steps']} | {f['seconds']:.0f} ({f['cpu_seconds']:.0f}) |")
+    lines += findings(doc)
     diff = 100 * (fin["tuned"]["val_miou"] - fin["default"]["val_miou"])
     verdict = "the tuned config scored higher" if diff > 0 else "the tuned config did not beat the default"
     lines += ["", f"Result: tuned minus default on CamVid val: {diff:+.1f} points, so {verdict} (one seed, one "
               "study; differences of a point or two are within the seed-to-seed spread the fair comparison "
               "measured, 0.7-2.6 points sd)."]
     return "\n".join(lines)
+
+
+def findings(doc: dict[str, Any]) -> list[str]:
+    """Sentences that follow from the JSON: per-class changes, pruning at the last epoch."""
+    prof, st, fin = doc["profile"], doc["study"], doc["final"]
+    out: list[str] = []
+    done = [r["val_miou"] for r in st["rows"] if r["state"] == "complete" and r["val_miou"] is not None]
+    if len(done) > 1:
+        out += ["", f"The {len(done)} completed trials spanned {_pct(min(done))}-{_pct(max(done))} held-out mIoU "
+                f"({100 * (max(done) - min(done)):.1f} points), with one seed each; the pick was made at "
+                f"{prof['trial_steps']} steps on 267 images and scored at {prof['final_steps']} steps on 367."]
+    a, b = fin["default"].get("per_class_iou", {}), fin["tuned"].get("per_class_iou", {})
+    moved = [(c, 100 * (b[c] - a[c])) for c in a if a.get(c) is not None and b.get(c) is not None
+             and abs(b[c] - a[c]) >= 0.10]
+    if moved:
+        out += ["", "Per class (CamVid val IoU, tuned minus default, changes of 10 points or more): "
+                + ", ".join(f"{c} {d:+.1f}" for c, d in moved) + "."]
+    epochs = round(prof["trial_steps"] / 33)
+    last = [r["trial"] for r in st["rows"] if r["state"] == "pruned" and r.get("epochs") == epochs]
+    if last:
+        out += ["", f"Trial(s) {', '.join(map(str, last))} were pruned after epoch {epochs} of {epochs}: at the "
+                "last epoch, which saved only the final evaluation and dropped a finished result. After this "
+                "run `PruningCallback` was changed to never prune after a run's last epoch "
+                "(`tests/test_tuning.py`); this JSON predates that change."]
+    return out
 
 
 # ----------------------------------------------------------------------------- main

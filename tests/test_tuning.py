@@ -99,10 +99,14 @@ def test_crashing_and_pruned_trials_never_crash_the_study(squares: Path, tmp_pat
     assert _csv_rows(tmp_path / "int" / "trials.csv")[0]["error"].startswith("interrupted")
     assert r.best_config is None and not list((tmp_path / "crash" / "trials").glob("trial-*"))
     # a pruner that stops every trial at its first report: pruned, not failed, folder removed
-    r = tune(squares, trials=1, space=_SPACE, config=_BASE, out=tmp_path / "pruned",
-             pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    always = optuna.pruners.ThresholdPruner(lower=1.01)
+    two_epochs = {**_BASE, "train": {**_BASE["train"], "epochs": 2}}
+    r = tune(squares, trials=1, space=_SPACE, config=two_epochs, out=tmp_path / "pruned", pruner=always)
     assert r.counts["pruned"] == 1 and r.rows[0]["epochs"] == 1
     assert not list((tmp_path / "pruned" / "trials").glob("trial-*"))
+    # ... but never after the run's last epoch: that would only throw a finished result away
+    r = tune(squares, trials=1, space=_SPACE, config=_BASE, out=tmp_path / "last", pruner=always)
+    assert r.counts["complete"] == 1 and r.rows[0]["epochs"] == 1
 
 
 def test_search_space_files(tmp_path: Path) -> None:
@@ -267,3 +271,13 @@ def test_lr_find_sweeps_the_engines_discriminative_groups(squares: Path) -> None
     assert r.group_ratios["head"] == 1.0
     enc = {k: v for k, v in r.group_ratios.items() if k.startswith("encoder.")}
     assert enc and all(v == pytest.approx(0.1) for v in enc.values())
+
+
+def test_tune_results_section_is_generated_from_the_committed_json() -> None:
+    from conftest import load_benchmark
+
+    bench = load_benchmark("tune")
+    doc = json.loads((bench.JSON_DEFAULT).read_text())
+    results = (bench.C.RESULTS).read_text()
+    assert bench.section(doc) in results
+    assert doc["study"]["best_params"] and set(doc["final"]) == {"default", "tuned"}

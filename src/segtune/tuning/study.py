@@ -80,7 +80,8 @@ class TuneResult:
 
 class PruningCallback(L.Callback):
     """Reports val mIoU after every validated epoch to an Optuna trial (step = epoch index) and
-    raises ``optuna.TrialPruned`` when the trial's pruner says stop."""
+    raises ``optuna.TrialPruned`` when the trial's pruner says stop, except after the run's last
+    epoch (or step): pruning then would save only the final evaluation and lose a finished result."""
 
     def __init__(self, trial: Any) -> None:
         self.trial = trial
@@ -93,10 +94,19 @@ class PruningCallback(L.Callback):
             return
         epoch = int(trainer.current_epoch)
         self.trial.report(float(miou), step=epoch)
-        if self.trial.should_prune():
+        if not _last_epoch(trainer) and self.trial.should_prune():
             import optuna
 
             raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} (val mIoU {float(miou):.4f})")
+
+
+def _last_epoch(trainer: L.Trainer) -> bool:
+    """Whether training ends after the epoch just validated (max_epochs or max_steps reached)."""
+    epochs_done = trainer.current_epoch + 1
+    if trainer.max_epochs is not None and trainer.max_epochs > 0 and epochs_done >= trainer.max_epochs:
+        return True
+    max_steps = trainer.max_steps or -1
+    return 0 < max_steps <= trainer.global_step
 
 
 def tune(
