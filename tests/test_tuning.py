@@ -93,7 +93,7 @@ def test_crashing_and_pruned_trials_never_crash_the_study(squares: Path, tmp_pat
     assert r.counts == {"complete": 0, "pruned": 0, "failed": 2}
     assert all(row["error"] == "RuntimeError: boom in training" for row in r.rows)
     # an interrupt stops the study (not recorded as a finished trial) with the command that continues it
-    with pytest.raises(Interrupted, match="--resume") as e:
+    with pytest.raises(Interrupted, match="during trial 0 .*--resume") as e:
         tune(squares, trials=2, space=_SPACE, config=_BASE, out=tmp_path / "int", callbacks=[_CtrlC()])
     assert e.value.exit_code == 130 and "\n" not in str(e.value)
     assert _csv_rows(tmp_path / "int" / "trials.csv")[0]["error"].startswith("interrupted")
@@ -224,6 +224,7 @@ def test_cli_errors_are_one_line(squares: Path, tmp_path: Path, capsys) -> None:
         (["tune", str(squares), "--out", str(tmp_path / "s"), "--sampler", "tpee"], "did you mean 'tpe'"),
         (["tune", str(squares), "--out", str(tmp_path / "p"), "--pruner", "nope"], "choose one of"),
         (["tune", str(squares), "--trials", "0"], "--trials 0"),
+        (["tune", str(tmp_path / "nodata"), "--out", str(tmp_path / "nd")], "nodata"),
         (["lr-find"], "give the data set folder"),
         (["lr-find", str(squares), "--steps", "2", "--out", str(tmp_path / "lf")], "steps=2"),
     ]
@@ -239,7 +240,8 @@ def test_cli_errors_are_one_line(squares: Path, tmp_path: Path, capsys) -> None:
     space.write_text("params:\n  optim.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")
     assert main(["tune", str(squares), "--out", str(tmp_path / "g2"), "--sampler", "grid", "--space", str(space)]) == 2
     assert "grid: list" in capsys.readouterr().err
-    assert not (tmp_path / "g2").exists() and not (tmp_path / "p").exists() and not (tmp_path / "lf").exists()
+    for name in ("g2", "p", "lf", "nd"):
+        assert not (tmp_path / name).exists(), name
 
 
 # ----------------------------------------------------------------------------- benchmark report

@@ -174,10 +174,10 @@ def tune(
         with _quiet_optuna():
             study.optimize(objective, n_trials=todo, timeout=timeout, callbacks=[objective.after_trial],
                            gc_after_trial=True)
-    except (KeyboardInterrupt, Interrupted) as e:
+    except (KeyboardInterrupt, Interrupted):
         _write_outputs(study, out, settings, space_obj, plots=True)
-        raise Interrupted(f"{out}: study stopped during a trial ({_one_line(e)}); continue it with "
-                           f"`segtune tune --resume --out {out} --trials {trials}`") from None
+        raise Interrupted(f"{out}: study stopped by an interrupt during trial {objective.current} (not counted); "
+                          f"continue it with `segtune tune --resume --out {out} --trials {trials}`") from None
     return _write_outputs(study, out, settings, space_obj, plots=True)
 
 
@@ -198,6 +198,9 @@ def _open_study_folder(out: Path, resume: bool, data: Any, config: Any, override
         base.data.root = str(data)
     if not base.data.root:
         raise ConfigError("tune: data.root is not set: pass the data set folder (e.g. `segtune tune DATA`)")
+    from ..data import load_dataset_spec
+
+    load_dataset_spec(base.data.root)  # a missing or broken data set is one error now, not N failed trials
     space_obj = load_space(space)
     settings = {
         "data": base.data.root,
@@ -283,6 +286,7 @@ class _Objective:
         self.callbacks = list(callbacks)
         self.todo, self.done = todo, done
         self.started = 0
+        self.current: int | None = None
 
     def trial_config(self, values: dict[str, Any], number: int) -> Config:
         """Base config + the trial's values + the run folder settings of a trial."""
@@ -301,6 +305,7 @@ class _Objective:
         from ..engine.train import train
 
         self.started += 1
+        self.current = trial.number
         values = self.space.suggest(trial)
         _log.info(f"trial {trial.number} ({self.started}/{self.todo}): "
                   + " ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
