@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -283,3 +284,14 @@ def test_tune_results_section_is_generated_from_the_committed_json() -> None:
     results = (bench.C.RESULTS).read_text()
     assert bench.section(doc) in results
     assert doc["study"]["best_params"] and set(doc["final"]) == {"default", "tuned"}
+
+
+def test_lr_find_on_real_camvid_images(camvid_small: Path, tmp_path: Path) -> None:
+    from segtune.tuning import lr_find
+
+    cfg = {"data": {"root": str(camvid_small), "crop_size": 128, "batch_size": 2, "augment": "full"},
+           "strategy": {"name": "head"}, "train": {"progress": False}}
+    r = lr_find(cfg, num_steps=8, min_lr=1e-4, max_lr=1e-1, out=tmp_path / "lf")
+    assert len(r.losses) == 8 and all(np.isfinite(r.losses))
+    assert 1e-4 <= r.suggestion <= 1e-1
+    assert json.loads((tmp_path / "lf" / "lr_find.json").read_text())["suggestion"] == pytest.approx(r.suggestion)
