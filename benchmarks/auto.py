@@ -229,6 +229,17 @@ def section(doc: dict[str, Any]) -> str:
            "x0.375 (192x192). Selection on held-out parts of the training data only (CamVid: 267/100 split of "
            "train; membrane: slices 0-17 / 18-23); scoring on the untouched split (CamVid val, 101 images; "
            "membrane slices 24-29), seeds " + ", ".join(map(str, SEEDS)) + ".", ""]
+    out += ["Contenders: `auto` = `segtune.train` with the strategy, LR, crop and augmentation left to auto "
+            "(only the step budget fixed; the epoch count auto picks is not measured here; its `head` runs use "
+            "segtune's float16 frozen-encoder feature cache, on by default there); `bare-frozen` and "
+            "`bare-ft` = `benchmarks/bare_loop.py` with the same model and weights, class-weighted CE + SMP Dice, "
+            "AdamW + one-cycle, random crop + flip with the crop = the usual 384 scaled like the images (96 on "
+            "CamVid, 144 on membrane), the encoder frozen (BatchNorm in eval) or everything fine-tuned with a 10x "
+            "smaller encoder LR; each bare loop's LR swept over " + ", ".join(f"{v:g}" for v in BARE_LRS)
+            + " on the selection split. auto's own candidates (" + ", ".join(f"`{s}` at {lr:g}" for s, lr in AUTO_CANDIDATES)
+            + ", crop/augmentation by auto) were measured on the same split; the far-domain row of auto's table "
+            "follows them. Same steps and batch for all; auto's whole images hold more pixels per step than the "
+            "bare loops' crops (CPU seconds per run are in the table).", ""]
     out += ["**What auto decides** (from the data probe: image sizes from the headers, domain shift = median "
             "over the encoder's BatchNorm layers of KL(data statistics || stored ImageNet statistics), 8 "
             "training images):", "",
@@ -251,7 +262,7 @@ def section(doc: dict[str, Any]) -> str:
             "| CPU s per run (auto / frozen / ft) |", "|---|---:|---:|---:|---:|---|---|"]
     for dom in DOMAINS:
         out += _score_rows(doc, dom)
-    out += ["", goal_text(doc)]
+    out += ["", goal_text(doc), ""] + selection_notes(doc)
     out += ["", "Commands:", "", "```"] + doc["meta"]["commands"] + ["```", "",
             f"Machine: {doc['meta'].get('machine', '?')}. Raw rows: `benchmarks/auto.json`."]
     return "\n".join(out)
@@ -266,6 +277,24 @@ def paired_gaps(doc: dict[str, Any], dom: str) -> tuple[str | None, list[float]]
         return None, []
     best = max(means, key=means.get)
     return best, [100 * (by["auto"][s] - by[best][s]) for s in SEEDS if s in by["auto"] and s in by[best]]
+
+
+def selection_notes(doc: dict[str, Any]) -> list[str]:
+    """What the selection stage showed, from the rows: the gap between auto's candidates, and
+    bare-loop LRs selected at the edge of the swept range."""
+    out = []
+    for dom in DOMAINS:
+        sel = {(r["contender"], r["lr"]): r["miou"] for r in doc["rows"] if r["stage"] == "select" and r["domain"] == dom}
+        cands = sorted(((v, k) for k, v in sel.items() if k[0].startswith("auto-")), reverse=True)
+        if len(cands) >= 2:
+            (v1, k1), (v2, k2) = cands[:2]
+            out.append(f"- {dom}, selection: auto's best candidate `{k1[0][5:]}` at LR {k1[1]:g} was "
+                       f"{100 * (v1 - v2):.2f} points above `{k2[0][5:]}` at LR {k2[1]:g} (one seed each).")
+        edge = [k for k in BARE if selected(doc, dom, k) == max(BARE_LRS)]
+        if edge:
+            out.append(f"- {dom}, selection: {' and '.join(edge)} selected LR {max(BARE_LRS):g}, the largest swept: "
+                       "at this short budget a larger LR might have scored higher for them.")
+    return out
 
 
 def goal_text(doc: dict[str, Any]) -> str:
