@@ -11,10 +11,10 @@ one warm-up), val mIoU over all 101 images (one confusion matrix, mean over clas
 the truth or the prediction, as ``segtune evaluate``), model size on disk, peak RSS.
 
 Stage ``--prepare`` (skipped for what exists in ``--work``): trains the teacher with the segtune
-API (Unet + tf_efficientnet_lite0, ImageNet weights, ``head`` strategy, random 256x256 crops +
+API (Unet + tf_efficientnet_lite2, ImageNet weights, ``head`` strategy, random 256x256 crops +
 flips of the full-resolution training images, batch 8, ``--steps`` optimiser steps, val during
-training on 16 images), distils a student from it with ``segtune.distill.distill`` (LinkNet +
-tf_efficientnet_lite0: a lighter decoder; same recipe and steps, labels + teacher's soft outputs),
+training on 16 images), distils a student from it with ``segtune.distill.distill`` (Unet +
+tf_efficientnet_lite0: a smaller encoder; same recipe and steps, labels + teacher's soft outputs),
 and exports both with ``segtune.export.export_onnx`` (fp32, and INT8 calibrated on 32 CamVid
 training images; the INT8 teacher twice: all ops quantised and ``Resize`` kept in float).
 
@@ -45,8 +45,8 @@ MARK_START, MARK_END = "<!-- deploy:start -->", "<!-- deploy:end -->"
 CAMVID_YAML = REPO / "examples" / "camvid.yaml"
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
 IGNORE = 11
-TEACHER = ("unet", "tf_efficientnet_lite0")
-STUDENT = ("linknet", "tf_efficientnet_lite0")
+TEACHER = ("unet", "tf_efficientnet_lite2")
+STUDENT = ("unet", "tf_efficientnet_lite0")
 
 # row name -> (backend, model file relative to --work)
 ROWS: dict[str, tuple[str, str]] = {
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--prepare", action="store_true", help="train the teacher and student, export them")
     ap.add_argument("--measure", action="store_true", help="measure every backend present in --work")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "deploy-bench", help="models folder")
-    ap.add_argument("--steps", type=int, default=80, help="optimiser steps of teacher and student")
+    ap.add_argument("--steps", type=int, default=150, help="optimiser steps of teacher and student")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, help="only the first N val images (default all 101)")
