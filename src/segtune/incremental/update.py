@@ -595,10 +595,10 @@ def _store_memory(run_dir: Path, parent: _Parent, plan: _StepPlan) -> None:
 
     spec = load_dataset_spec(plan.new_data)
     lut, _ = _lut(len(spec.classes), spec.ignore_index, {d: d + plan.offset for d in range(len(spec.classes))})
-    from ..data.pairing import find_pairs
+    from ..data.pairing import split_pairs
 
     pool: list[tuple[Path, np.ndarray]] = []
-    imgs, _ = find_pairs(spec.splits["train"].images, spec.splits["train"].masks)
+    imgs, _ = split_pairs(spec.splits["train"])
     for img, mask in sorted(imgs):
         pool.append((Path(img), _remap(read_mask(mask, spec), lut).astype(np.int64)))
     step_train = run_dir / STEP_DATA / "train"

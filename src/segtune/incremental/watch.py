@@ -314,14 +314,14 @@ def _guard_scores(run_dir: Path, classes: list[str], background: str | None, gua
 
     from .._progress import progress_iter
     from .._tensor import cpu_channels_last, forward_chunked, suppress_classes
-    from ..data import SegDataset, eval_transforms, find_pairs, load_dataset_spec, pad_collate
+    from ..data import SegDataset, eval_transforms, load_dataset_spec, pad_collate, split_pairs
     from ..engine.run import load_model
     from ..metrics import confusion_matrix, segmentation_metrics
     from .report import step_scores
 
     spec = load_dataset_spec(guard)
     s = spec.splits[split]
-    pairs, _ = find_pairs(s.images, s.masks)
+    pairs, _ = split_pairs(s)
     if not pairs:
         raise DataError(f"{s.images}: no image/mask pairs in the guard's {split} split")
     model, meta = load_model(run_dir)
