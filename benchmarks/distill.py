@@ -4,8 +4,8 @@ The protocol (one seed, CamVid scaled, every run at the same optimiser-step budg
 
 1. **teacher**: ``segtune.train`` of Unet + EfficientNet-Lite2 on all CamVid train labels
    (segtune's defaults: strategy ``head``, LR 3e-3, ce+dice with median class weights);
-2. **kd**: ``segtune.distill.distill`` of a LinkNet + EfficientNet-Lite0 student (3.1 M parameters
-   against the teacher's 6.7 M) that gets the labels
+2. **kd**: ``segtune.distill.distill`` of a student (LinkNet + EfficientNet-Lite0, 3.1 M parameters,
+   and Unet + EfficientNet-Lite0, 5.2 M, against the teacher's 6.7 M) that gets the labels
    of a seeded subset of the train images (``data.max_train_images``) and the other train images
    as ``--unlabelled`` (temperature 2, alpha 0.5, the defaults);
 3. **labels**: the same student with the same config (the teacher's, architecture and encoder
@@ -47,7 +47,9 @@ START, END = "<!-- distill:start -->", "<!-- distill:end -->"
 TITLE = "## Distillation (distill)"
 SEED = 0
 TEACHER = ("unet", "tf_efficientnet_lite2")
-STUDENT = ("linknet", "tf_efficientnet_lite0")
+#: students, each trained twice (KD / labels alone): a lighter decoder + smaller encoder, and the
+#: teacher's architecture with the smaller encoder
+STUDENTS = (("linknet", "tf_efficientnet_lite0"), ("unet", "tf_efficientnet_lite0"))
 
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"scale": 0.5, "crop": 128, "batch": 8, "teacher_steps": 300, "student_steps": 300,
@@ -117,29 +119,30 @@ def run_teacher(data: Path, out: Path, prof: dict[str, Any]) -> dict[str, Any]:
     return _row("teacher", Path(run.dir), time.perf_counter() - t0)
 
 
-def run_kd(teacher: Path, data: Path, out: Path, prof: dict[str, Any]) -> dict[str, Any]:
+def run_kd(teacher: Path, data: Path, out: Path, prof: dict[str, Any], student: tuple[str, str]) -> dict[str, Any]:
     from segtune.distill import distill
 
-    shutil.rmtree(out / "kd", ignore_errors=True)
+    name = f"kd-{student[0]}"
+    shutil.rmtree(out / name, ignore_errors=True)
     t0 = time.perf_counter()
-    run_dir = distill(teacher, data, student_arch=STUDENT[0], student_encoder=STUDENT[1],
+    run_dir = distill(teacher, data, student_arch=student[0], student_encoder=student[1],
                       unlabelled=data / "train", temperature=prof["temperature"], alpha=prof["alpha"],
                       overrides={**_fast(prof, prof["student_steps"]), "data.max_train_images": prof["labelled"]},
-                      out=out, name="kd", progress=False)
+                      out=out, name=name, progress=False)
     row = _row("kd", run_dir, time.perf_counter() - t0)
     row["counts"] = _read_yaml(run_dir / "distill.yaml")["counts"]
     return row
 
 
-def run_labels(teacher: Path, data: Path, out: Path, prof: dict[str, Any]) -> dict[str, Any]:
+def run_labels(teacher: Path, data: Path, out: Path, prof: dict[str, Any], student: tuple[str, str]) -> dict[str, Any]:
     """The student on its labels alone: the teacher's config, architecture and encoder replaced
     (exactly what ``distill`` starts from), the same labelled subset, budget and seed."""
     import segtune
     from segtune.config import Config
 
     cfg = Config.from_yaml(teacher / "config.yaml")
-    cfg.model.arch, cfg.model.encoder = STUDENT
-    cfg.train.name, cfg.train.out, cfg.train.overwrite = "labels", str(out), True
+    cfg.model.arch, cfg.model.encoder = student
+    cfg.train.name, cfg.train.out, cfg.train.overwrite = f"labels-{student[0]}", str(out), True
     cfg.train.cache_features = "off"  # as the distillation (its teacher needs the images)
     cfg.data.root = str(data)
     t0 = time.perf_counter()
@@ -159,40 +162,45 @@ def _pct(v: float | None) -> str:
 
 
 def report(doc: dict[str, Any]) -> str:
-    rows = {r["kind"]: r for r in doc["rows"]}
     prof = doc["profile"]
-    t, kd, lab = rows.get("teacher"), rows.get("kd"), rows.get("labels")
+    teacher = next((r for r in doc["rows"] if r["kind"] == "teacher"), None)
+    students = [r for r in doc["rows"] if r["kind"] != "teacher"]
+    archs = list(dict.fromkeys((r["arch"], r["encoder"]) for r in students))
+    names = ", ".join(f"{a} + {e}" for a, e in archs)
+    reused = " (trained by an earlier session of the same command and profile, reused)" if teacher and teacher.get("reused") else ""
     lines = [
         TITLE, "",
         f"Command: `{doc['meta']['command']}` (raw results `benchmarks/distill.json`, {doc['meta']['updated']}). "
         f"Machine: {doc['meta']['machine']}. {_common.load_sentence(doc['meta'].get('load'))}", "",
         f"CamVid x{prof['scale']} (train 367 / val 101 images unless the profile limits them), crop {prof['crop']}, "
-        f"batch {prof['batch']}, seed {doc['profile']['seed']}, one run each. Teacher: {TEACHER[0]} + {TEACHER[1]} on all "
-        f"train labels, {prof['teacher_steps']} steps. Students: {STUDENT[0]} + {STUDENT[1]}, {prof['student_steps']} "
-        f"steps each, labels of {prof['labelled']} train images (seeded subset); the KD student also sees the other "
-        f"train images without labels (T {prof['temperature']:g}, alpha {prof['alpha']:g}). Same config (the teacher's: "
-        "strategy, LR, loss, class weights), same labelled images, same budget and seed; no validation during "
-        "training (last weights), scored on the whole val split.", "",
+        f"batch {prof['batch']}, seed {prof['seed']}, one run each. Teacher: {TEACHER[0]} + {TEACHER[1]} on all "
+        f"train labels, {prof['teacher_steps']} steps{reused}. Students ({names}): {prof['student_steps']} steps "
+        f"each, labels of {prof['labelled']} train images (seeded subset); the KD student also sees the other train "
+        f"images without labels (T {prof['temperature']:g}, alpha {prof['alpha']:g}). Per student the two runs share "
+        "the config (the teacher's: strategy, LR, loss, class weights), the labelled images, the budget and the "
+        "seed; no validation during training (last weights), scored on the whole val split.", "",
         "| run | model | parameters | labelled / unlabelled train images | val mIoU | pixel acc. | seconds |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in (t, kd, lab):
-        if r is None:
-            continue
+    for r in ([teacher] if teacher else []) + students:
         imgs = (f"{r['counts']['labelled']} / {r['counts']['unlabelled']}" if r.get("counts")
                 else f"{r['train_images']} / 0")
         lines.append(f"| {r['kind']} | {r['arch']} + {r['encoder']} | {r['params'] or 0:,} | {imgs} | "
                      f"{_pct(r['miou'])} | {_pct(r.get('pixel_accuracy'))} | {r['seconds']:.0f} |")
-    if kd and lab:
-        d = 100 * (kd["miou"] - lab["miou"])
-        lines += ["", f"KD minus labels alone: **{d:+.1f} points** of val mIoU (one seed; the seed-to-seed spread of "
-                      "a run at this size was about 2 points in the fair comparison, so a difference below that is "
-                      "not established)."]
-        names = list(kd["per_class"])
-        lines += ["", "| class | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for r in (t, kd, lab):
-            if r:
-                lines.append(f"| {r['kind']} | " + " | ".join(_pct(r["per_class"].get(n)) for n in names) + " |")
+    lines.append("")
+    for arch, enc in archs:
+        pair = {r["kind"]: r for r in students if (r["arch"], r["encoder"]) == (arch, enc)}
+        if "kd" in pair and "labels" in pair:
+            d = 100 * (pair["kd"]["miou"] - pair["labels"]["miou"])
+            lines.append(f"- {arch} + {enc}: KD minus labels alone **{d:+.1f} points** of val mIoU.")
+    lines += ["", "One seed: the seed-to-seed spread of a run at this size was about 2 points in the fair comparison, "
+                  "so a difference below that is not established."]
+    if students:
+        names_c = list(students[0]["per_class"])
+        lines += ["", "| run | " + " | ".join(names_c) + " |", "|---|" + "---|" * len(names_c)]
+        for r in ([teacher] if teacher else []) + students:
+            label = r["kind"] if r["kind"] == "teacher" else f"{r['kind']} ({r['arch']})"
+            lines.append(f"| {label} | " + " | ".join(_pct(r["per_class"].get(n)) for n in names_c) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--write-results", action="store_true", help="write the section of benchmarks/RESULTS.md")
     p.add_argument("--report-only", action="store_true", help="no runs: the report from the JSON")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--reuse-teacher", action="store_true",
+                   help="reuse WORKDIR/runs/teacher when an earlier session trained it (same profile)")
     a = p.parse_args(argv)
     name = "quick" if a.quick else "full"
     prof = {**PROFILES[name], "name": name, "seed": SEED}
@@ -234,8 +244,15 @@ def measure(prof: dict[str, Any], a: argparse.Namespace, argv: list[str] | None)
     load0 = _common.load_avg()
     data = scaled_camvid(work / f"camvid_x{prof['scale']}_{prof['name']}", prof)
     runs = work / "runs"
-    teacher = run_teacher(data, runs, prof)
-    rows = [teacher, run_kd(Path(teacher["run"]), data, runs, prof), run_labels(Path(teacher["run"]), data, runs, prof)]
+    if a.reuse_teacher and (runs / "teacher" / "model.yaml").is_file():
+        teacher = _row("teacher", runs / "teacher", 0.0)  # trained by an earlier session with this workdir
+        teacher["reused"] = True
+    else:
+        teacher = run_teacher(data, runs, prof)
+    rows = [teacher]
+    for student in STUDENTS:
+        rows += [run_kd(Path(teacher["run"]), data, runs, prof, student),
+                 run_labels(Path(teacher["run"]), data, runs, prof, student)]
     return {
         "profile": prof, "rows": rows,
         "meta": {"command": _common.command_line("distill.py", argv), "machine": _common.machine(a.threads),

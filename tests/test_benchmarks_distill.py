@@ -20,22 +20,25 @@ def bench():
 @pytest.mark.skipif(not (CAMVID / "dataset.yaml").is_file(), reason="CamVid not found in ../shared/data")
 def test_distill_quick_end_to_end(bench, tmp_path: Path) -> None:
     out = tmp_path / "d.json"
-    doc = bench.main(["--quick", "--json", str(out), "--workdir", str(tmp_path)])
+    doc = bench.main(["--quick", "--threads", "1", "--json", str(out), "--workdir", str(tmp_path)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == doc["rows"]
-    rows = {r["kind"]: r for r in saved["rows"]}
-    assert set(rows) == {"teacher", "kd", "labels"}
+    teacher = saved["rows"][0]
     prof = bench.PROFILES["quick"]
-    assert rows["teacher"]["train_images"] == prof["max_train"] and rows["teacher"]["steps"] == prof["teacher_steps"]
-    for kind in ("kd", "labels"):
-        assert rows[kind]["steps"] == prof["student_steps"] and rows[kind]["val_images"] == prof["max_val"]
-        assert (rows[kind]["arch"], rows[kind]["encoder"]) == bench.STUDENT
-        assert 0.0 <= rows[kind]["miou"] <= 1.0 and len(rows[kind]["per_class"]) == 11
-    # the KD student: the labelled subset + every other train image without labels
-    assert rows["kd"]["counts"] == {"labelled": prof["labelled"], "unlabelled": prof["max_train"] - prof["labelled"],
-                                    "val": prof["max_val"]}
-    assert rows["labels"]["train_images"] == prof["labelled"]
-    assert rows["teacher"]["params"] > rows["kd"]["params"] == rows["labels"]["params"]
+    assert teacher["kind"] == "teacher" and teacher["train_images"] == prof["max_train"]
+    assert teacher["steps"] == prof["teacher_steps"]
+    students = saved["rows"][1:]
+    assert [(r["kind"], r["arch"], r["encoder"]) for r in students] == [
+        (k, a, e) for a, e in bench.STUDENTS for k in ("kd", "labels")]
+    for r in students:
+        assert r["steps"] == prof["student_steps"] and r["val_images"] == prof["max_val"]
+        assert 0.0 <= r["miou"] <= 1.0 and len(r["per_class"]) == 11
+        assert teacher["params"] > r["params"]
+        if r["kind"] == "kd":  # the labelled subset + every other train image without labels
+            assert r["counts"] == {"labelled": prof["labelled"], "unlabelled": prof["max_train"] - prof["labelled"],
+                                   "val": prof["max_val"]}
+        else:
+            assert r["train_images"] == prof["labelled"]
 
 
 def test_results_section_is_generated_from_the_json(bench, tmp_path: Path) -> None:
@@ -49,7 +52,8 @@ def test_results_section_is_generated_from_the_json(bench, tmp_path: Path) -> No
            "rows": [row("teacher", 0.6), row("kd", 0.5, counts={"labelled": 4, "unlabelled": 8, "val": 2}),
                     row("labels", 0.4)]}
     text = bench.report(doc)
-    assert "KD minus labels alone: **+10.0 points**" in text and "| kd | unet + e | 10 | 4 / 8 | 50.0 |" in text
+    assert "- unet + e: KD minus labels alone **+10.0 points**" in text and "| kd | unet + e | 10 | 4 / 8 | 50.0 |" in text
+    assert "| labels (unet) | 40.0 | - |" in text
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n\n## Other\n\nkeep me\n")
     bench._common.write_section(text, bench.START, bench.END, path=md)
