@@ -192,7 +192,11 @@ def report(doc: dict[str, Any]) -> str:
         pair = {r["kind"]: r for r in students if (r["arch"], r["encoder"]) == (arch, enc)}
         if "kd" in pair and "labels" in pair:
             d = 100 * (pair["kd"]["miou"] - pair["labels"]["miou"])
-            lines.append(f"- {arch} + {enc}: KD minus labels alone **{d:+.1f} points** of val mIoU.")
+            line = f"- {arch} + {enc}: KD minus labels alone **{d:+.1f} points** of val mIoU"
+            if teacher and teacher["miou"] < pair["labels"]["miou"]:
+                line += (f"; the student on its labels alone ({_pct(pair['labels']['miou'])}) already scored above "
+                         f"the teacher it would imitate ({_pct(teacher['miou'])})")
+            lines.append(line + ".")
     lines += ["", "One seed: the seed-to-seed spread of a run at this size was about 2 points in the fair comparison, "
                   "so a difference below that is not established."]
     if students:
