@@ -1,9 +1,13 @@
 """The structure stays as one source of truth per concept: checked on the source tree itself.
 
 * no import cycles between segtune's modules (``if TYPE_CHECKING`` imports excluded);
-* no registered strategy or loss name compared as a string outside its own package;
+* no registered name compared as a string outside its own package (strategies, losses,
+  architectures, update methods, loggers, tile blends, transferability scores and levels, export
+  formats; names that are also ordinary words elsewhere, like ``none`` or ``random``, are not checked);
 * the CLI help, ``segtune models`` and the README name every registered architecture, strategy
-  and loss (read from the registries, not written out twice);
+  and loss (read from the registries, not written out twice); the README names every name of
+  every registry;
+* no ``torch.load`` without ``weights_only=True`` and no ``pickle.load(s)`` in the product;
 * no test hooks in the product, no ``_ = name`` keep-alive assignments, no empty packages.
 """
 
@@ -99,7 +103,23 @@ def test_no_import_cycles() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
 
 
-@pytest.mark.parametrize("names, home", [(list_strategies, "strategies"), (list_losses, "losses")])
+def _registry(module: str, attr: str):
+    import importlib
+
+    return getattr(importlib.import_module(module), attr).names
+
+
+@pytest.mark.parametrize("names, home", [
+    (list_strategies, "strategies"),
+    (list_losses, "losses"),
+    (list_architectures, "models"),
+    (_registry("segtune.incremental.methods", "METHOD_REGISTRY"), "incremental"),
+    (_registry("segtune.tracking.loggers", "LOGGERS"), "tracking"),
+    (_registry("segtune.inference.tiling", "BLENDS"), "inference"),
+    (_registry("segtune.selection.scores", "SCORES"), "selection"),
+    (_registry("segtune.selection.levels", "LEVELS"), "selection"),
+    (_registry("segtune.export.formats", "FORMATS"), "export"),
+])
 def test_registered_names_are_not_compared_as_strings_elsewhere(names, home) -> None:
     """``if cfg.strategy.name == "head"`` outside strategies/ would make registering a strategy
     insufficient: ask the object (``strategy.encoder_frozen``, ``.pretrained``, ...) instead."""
@@ -132,6 +152,47 @@ def test_help_models_and_readme_list_every_registered_name(capsys) -> None:
         assert name in help_text, name
         assert name in listing, name
         assert f"`{name}`" in readme, name
+
+
+_ALL_REGISTRIES = [
+    ("segtune.strategies.builtin", "STRATEGY_REGISTRY"), ("segtune.losses", "LOSS_REGISTRY"),
+    ("segtune.models.factory", "ARCHITECTURES"), ("segtune.incremental.methods", "METHOD_REGISTRY"),
+    ("segtune.incremental.heads", "INIT_REGISTRY"), ("segtune.tracking.loggers", "LOGGERS"),
+    ("segtune.inference.tiling", "BLENDS"), ("segtune.selection.scores", "SCORES"),
+    ("segtune.selection.levels", "LEVELS"), ("segtune.export.formats", "FORMATS"),
+    ("segtune.formats.layouts", "LAYOUTS"), ("segtune.tuning.samplers", "SAMPLER_REGISTRY"),
+    ("segtune.tuning.samplers", "PRUNER_REGISTRY"),
+]
+
+
+@pytest.mark.parametrize("module, attr", _ALL_REGISTRIES)
+def test_readme_names_every_registered_name(module: str, attr: str) -> None:
+    readme = README.read_text(encoding="utf-8")
+    assert [n for n in _registry(module, attr)() if f"`{n}`" not in readme] == []
+
+
+def test_every_registry_is_checked_by_the_readme_test() -> None:
+    found = set()
+    for name, (_f, tree) in _modules().items():
+        for node in tree.body:
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Call)
+                    and ast.unparse(node.value.func) == "Registry"):
+                found.add((name, ast.unparse(node.target)))
+    assert found == set(_ALL_REGISTRIES)
+
+
+def test_no_unsafe_unpickling() -> None:
+    offenders = []
+    for f, tree in _modules().values():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = ast.unparse(node.func)
+            safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                       for k in node.keywords)
+            if (func == "torch.load" and not safe) or func in ("pickle.load", "pickle.loads"):
+                offenders.append(f"{f.name}:{node.lineno} {func}")
+    assert offenders == []
 
 
 def test_no_test_hooks_keepalives_or_empty_packages() -> None:

@@ -5,7 +5,8 @@ of a :class:`~segtune.models.SegModel` in place. The old output channels are exa
 (weights and bias), so their logits stay bitwise identical, except that the ``mib`` rule lowers
 the background bias on purpose.
 
-Init rules for the new channels live in :data:`INIT_REGISTRY` (config key ``update.init``):
+Init rules for the new channels live in :data:`INIT_REGISTRY` (each update method names its
+own in ``Method.init``):
 
 * ``mib`` (MiB, Cermelli et al. 2020): each new channel copies the background channel's
   weights; every new bias **and the background bias** become ``b_0 - log(num_new + 1)``. On
@@ -44,7 +45,7 @@ __all__ = [
 #: the fraction of a bias shift this conv carries (1 for a single classifier conv).
 InitRule = Callable[[Tensor, Tensor | None, int, float], None]
 
-INIT_REGISTRY: Registry[InitRule] = Registry("classifier init", "update.init")
+INIT_REGISTRY: Registry[InitRule] = Registry("classifier init", "Method.init")
 
 
 @INIT_REGISTRY.register("mib")
