@@ -42,7 +42,6 @@ DISTILL_DATA = "distill_data"
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
 _IGNORE = 255
-_TEACHER_FILES = ("model.yaml", "model.safetensors", "config.yaml")
 _LABELLED, _UNLABELLED = "lab_", "unl_"
 
 
@@ -57,12 +56,13 @@ class _Teacher:
 
 
 def _load_teacher(run: str | Path) -> _Teacher:
+    from ..engine.run import missing_run_files, run_steps
     from ..models.modelfile import load_model_meta
 
     run = Path(run)
     if not run.is_dir():
         raise RunError(f"{run}: teacher run folder not found (give a folder written by `segtune train`)")
-    missing = [f for f in _TEACHER_FILES if not (run / f).is_file()]
+    missing = missing_run_files(run)
     if missing:
         raise RunError(
             f"{run}: not a finished segtune run folder (missing {', '.join(missing)}); give a folder written by "
@@ -72,13 +72,7 @@ def _load_teacher(run: str | Path) -> _Teacher:
     if (meta.get("inference") or {}).get("suppress"):
         raise RunError(f"{run}: the teacher predicts with suppressed classes (an incremental update with a "
                        "synthetic background); distil from a run trained with `segtune train`")
-    steps = 0
-    try:
-        import json
-
-        steps = int(json.loads((run / "metrics.json").read_text()).get("summary", {}).get("steps") or 0)
-    except (OSError, ValueError):
-        pass
+    steps = run_steps(run)
     return _Teacher(run.resolve(), meta, Config.from_yaml(run / "config.yaml"),
                     [str(c) for c in meta.get("classes") or []], steps)
 

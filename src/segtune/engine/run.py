@@ -33,6 +33,9 @@ __all__ = [
     "default_run_name",
     "free_run_name",
     "remove_if_unused",
+    "RUN_MODEL_FILES",
+    "missing_run_files",
+    "run_steps",
     # model files live in segtune.models.modelfile; names kept here for run-folder users
     "MODEL_FILE",
     "MODEL_META",
@@ -43,6 +46,7 @@ __all__ = [
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+RUN_MODEL_FILES = (MODEL_META, MODEL_FILE, CONFIG_FILE)  # what a run needs to be built on (update, distill)
 
 
 @dataclass
@@ -118,3 +122,18 @@ def remove_if_unused(run_dir: str | Path) -> bool:
     except OSError:
         pass
     return False
+
+
+def missing_run_files(run_dir: str | Path, names: tuple[str, ...] = RUN_MODEL_FILES) -> list[str]:
+    """The ``names`` that are not files in ``run_dir`` (empty: the run can be built on)."""
+    return [f for f in names if not (Path(run_dir) / f).is_file()]
+
+
+def run_steps(run_dir: str | Path) -> int:
+    """Optimiser steps a finished run took (``summary.steps`` of its ``metrics.json``); 0 if unknown."""
+    import json
+
+    try:
+        return int(json.loads((Path(run_dir) / METRICS_FILE).read_text()).get("summary", {}).get("steps") or 0)
+    except (OSError, ValueError):
+        return 0

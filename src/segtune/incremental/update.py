@@ -48,7 +48,6 @@ INCREMENTAL_FILE = "incremental.json"
 DEFAULT_MEMORY = 20
 BACKGROUND = "background"
 _IGNORE = 255
-_PARENT_FILES = ("model.yaml", "model.safetensors", "config.yaml")
 
 
 # ----------------------------------------------------------------------------- the parent run
@@ -69,12 +68,13 @@ class _Parent:
 
 
 def _load_parent(run: str | Path) -> _Parent:
+    from ..engine.run import missing_run_files, run_steps
     from ..models.modelfile import load_model_meta
 
     run = Path(run)
     if not run.is_dir():
         raise RunError(f"{run}: run folder not found (give a folder written by `segtune train` or `segtune update`)")
-    missing = [f for f in _PARENT_FILES if not (run / f).is_file()]
+    missing = missing_run_files(run)
     if missing:
         raise RunError(
             f"{run}: missing {', '.join(missing)}, which an update needs (finish the run first: "
@@ -87,13 +87,7 @@ def _load_parent(run: str | Path) -> _Parent:
     if bg is None and classes and classes[0].lower() == BACKGROUND:
         bg = "natural"
     lineage = meta.get("lineage") or {}
-    steps = 0
-    try:
-        import json
-
-        steps = int(json.loads((run / "metrics.json").read_text()).get("summary", {}).get("steps") or 0)
-    except (OSError, ValueError):
-        pass
+    steps = run_steps(run)
     return _Parent(run.resolve(), meta, cfg, classes, bg, int(lineage.get("step", 0)), steps)
 
 
