@@ -295,3 +295,25 @@ def test_lr_find_on_real_camvid_images(camvid_small: Path, tmp_path: Path) -> No
     assert len(r.losses) == 8 and all(np.isfinite(r.losses))
     assert 1e-4 <= r.suggestion <= 1e-1
     assert json.loads((tmp_path / "lf" / "lr_find.json").read_text())["suggestion"] == pytest.approx(r.suggestion)
+
+
+def test_a_study_where_every_trial_fails_prints_no_optuna_warnings(squares: Path, tmp_path: Path) -> None:
+    """Optuna's own '[W ...] There are no complete trials.' lines never reach the user."""
+    import logging
+
+    seen: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = _Keep(level=logging.WARNING)
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        r = tune(squares, trials=1, space=_SPACE, config=_BASE, out=tmp_path / "t", callbacks=[_Boom()])
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert r.counts == {"complete": 0, "pruned": 0, "failed": 1}
+    assert [rec.getMessage() for rec in seen] == []
+    assert not list((tmp_path / "t").glob("*.png"))  # no empty plots
+    assert (tmp_path / "t" / "trials.csv").is_file()

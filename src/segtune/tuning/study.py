@@ -347,9 +347,10 @@ class _Objective:
             steps = sorted(trial.intermediate_values)
             what = f"pruned after epoch {steps[-1] + 1 if steps else 0}"
         else:
-            what = f"failed: {trial.user_attrs.get('error', 'no result')}"
+            what = "failed"
         best_txt = f"; best {best.value:.4f} (trial {best.number})" if best is not None else ""
-        _log.info(f"trial {trial.number}: {what} in {trial.user_attrs.get('seconds', 0):.0f} s{best_txt}")
+        error = f": {trial.user_attrs.get('error', 'no result')}" if what == "failed" else ""
+        _log.info(f"trial {trial.number}: {what} in {trial.user_attrs.get('seconds', 0):.0f} s{best_txt}{error}")
         if self.settings["keep"] == KEEP[0] and best is not None:
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 if t.number != best.number:
@@ -418,10 +419,13 @@ def _plot(study: Any, out: Path) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
+    if _best(study) is None:  # Optuna would draw empty axes and log two multi-line warnings
+        _log.info("tune: optimization_history.png and param_importances.png not drawn (no finished trial)")
+        return
     for name, fn in (("optimization_history.png", plot_optimization_history),
                      ("param_importances.png", plot_param_importances)):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_optuna():
                 warnings.simplefilter("ignore")
                 ax = fn(study)
             fig = ax.figure
