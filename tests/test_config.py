@@ -46,3 +46,17 @@ def test_unknown_section_in_yaml(tmp_path: Path) -> None:
     p.write_text("optimiser:\n  lr: 1\n")
     with pytest.raises(ConfigError, match="did you mean 'optim'"):
         Config.from_yaml(p)
+
+
+def test_override_parsing_is_one_function_for_cli_and_python() -> None:
+    from segtune.config import override_dict, parse_overrides
+
+    assert parse_overrides(["optim.lr=3e-4", " train.epochs = 2 ", "optim.lr=1e-3"]) == {
+        "optim.lr": "1e-3", "train.epochs": "2"}
+    assert override_dict(["optim.lr=0.001", "train.progress=false", "model.weights="]) == {
+        "optim.lr": 1e-3, "train.progress": False, "model.weights": ""}
+    given = {"train.epochs": 3}
+    assert override_dict(given) == given and override_dict(given) is not given
+    assert override_dict(None) == {}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["optim.lr"])

@@ -218,11 +218,9 @@ def _cmd_update(a: argparse.Namespace) -> int:
             overrides[key] = getattr(a, flag)
     if a.no_progress:
         overrides["train.progress"] = False
-    from .config import _split_override
+    from .config import parse_overrides
 
-    for o in a.overrides:
-        k, v = _split_override(o)
-        overrides[k] = v
+    overrides.update(parse_overrides(a.overrides))
     if a.watch:  # online updates
         from .engine.resume import Interrupted
         from .incremental.watch import watch
@@ -283,11 +281,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
         overrides["train.progress"] = False
     if a.sync_bn:
         overrides["train.sync_batchnorm"] = True
-    from .config import _split_override
+    from .config import parse_overrides
 
-    for o in a.overrides:
-        k, v = _split_override(o)
-        overrides[k] = v
+    overrides.update(parse_overrides(a.overrides))
     if a.resume:
         run = train(resume=a.resume)
     else:

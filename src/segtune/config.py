@@ -30,6 +30,8 @@ __all__ = [
     "TrainConfig",
     "Config",
     "apply_overrides",
+    "parse_overrides",
+    "override_dict",
 ]
 
 CLASS_WEIGHTS = ("none", "inverse", "median")
@@ -407,6 +409,20 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
 # ---------------------------------------------------------------- helpers
 def _sections() -> list[str]:
     return [f.name for f in fields(Config)]
+
+
+def parse_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``section.key=value`` strings (``--set``) as ``{"section.key": "value"}``; a later key wins."""
+    return dict(_split_override(t) for t in texts)
+
+
+def override_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """Overrides as a dict, values of ``key=value`` strings read as YAML scalars (a dict is copied)."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return {k: yaml.safe_load(v) if v != "" else v for k, v in parse_overrides(overrides).items()}
 
 
 def _split_override(text: str) -> tuple[str, str]:

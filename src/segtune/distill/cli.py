@@ -48,6 +48,7 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 
 def _cmd_distill(a: argparse.Namespace) -> int:
+    from ..config import parse_overrides
     from ..errors import ConfigError
     from .run import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, distill, resume_distill
 
@@ -66,7 +67,7 @@ def _cmd_distill(a: argparse.Namespace) -> int:
             overrides[key] = getattr(a, flag)
     if a.no_progress:
         overrides["train.progress"] = False
-    overrides.update(_set_overrides(a.overrides))
+    overrides.update(parse_overrides(a.overrides))
     run_dir = distill(a.run, a.data, student_arch=arch, student_encoder=encoder, unlabelled=a.unlabelled,
                       overrides=overrides,
                       temperature=DEFAULT_TEMPERATURE if a.temperature is None else a.temperature,
@@ -76,11 +77,3 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
-def _set_overrides(items: list[str]) -> dict[str, Any]:
-    from ..config import _split_override
-
-    out: dict[str, Any] = {}
-    for o in items:
-        k, v = _split_override(o)
-        out[k] = v
-    return out

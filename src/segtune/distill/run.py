@@ -32,7 +32,7 @@ import yaml
 
 from .. import _log
 from .._io import atomic_write_yaml
-from ..config import Config, apply_overrides
+from ..config import Config, apply_overrides, override_dict
 from ..errors import ConfigError, DataError, RunError, SegtuneError
 
 __all__ = ["distill", "resume_distill", "DISTILL_FILE", "DISTILL_DATA", "DEFAULT_TEMPERATURE", "DEFAULT_ALPHA"]
@@ -209,7 +209,7 @@ def _student_config(teacher: _Teacher, arch: str, encoder: str, overrides: Any) 
         cfg.model.weights = "imagenet"
     cfg.train.cache_features = "off"  # the teacher needs the images of every batch
     cfg.train.name, cfg.train.overwrite = None, False
-    ov = _override_dict(overrides)
+    ov = override_dict(overrides)
     for key in ("model.arch", "model.encoder"):
         if key in ov:
             raise ConfigError(f"{key}={ov[key]}: the student is set by --student ARCH/ENCODER "
@@ -292,20 +292,6 @@ def _unlabelled_images(folder: str | Path, train: list, val: list, max_pixels: i
     return out
 
 
-def _override_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    from ..config import _split_override
-
-    out: dict[str, Any] = {}
-    for o in overrides:
-        k, v = _split_override(o)
-        out[k] = yaml.safe_load(v) if isinstance(v, str) and v != "" else v
-    return out
-
-
 # ----------------------------------------------------------------------------- the run folder
 def _new_folder(teacher: _Teacher, cfg: Config, out: Path, name: str | None) -> Path:
     from ..engine.run import free_run_name, new_run_dir
@@ -373,7 +359,7 @@ def _finish_config(cfg: Config, plan: _Plan, data_root: Path, out: Path, name: s
     cfg.data.root = str(data_root)
     cfg.data.max_train_images = cfg.data.max_val_images = None  # applied when the data was written
     cfg.train.out, cfg.train.name, cfg.train.overwrite = str(out), name, True
-    ov = _override_dict(overrides)
+    ov = override_dict(overrides)
     if "train.epochs" not in ov and cfg.train.max_steps:
         n = plan.counts["labelled"] + plan.counts["unlabelled"]
         cfg.train.epochs = max(1, math.ceil(cfg.train.max_steps / steps_per_epoch(n, cfg.data.batch_size)))

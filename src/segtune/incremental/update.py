@@ -35,7 +35,7 @@ import yaml
 
 from .. import _log
 from .._io import atomic_write_json, atomic_write_yaml
-from ..config import Config, apply_overrides
+from ..config import Config, apply_overrides, override_dict
 from ..errors import ConfigError, DataError, RunError, SegtuneError
 from .methods import METHOD_REGISTRY, IncrementalModule, Step, build_method, list_methods
 
@@ -360,7 +360,7 @@ def update(
         raise ConfigError("update: give the run folder and the new data, e.g. `segtune update runs/unet-head new_data`")
     t0 = time.perf_counter()
     parent = _load_parent(run)
-    overrides = _override_dict(overrides)
+    overrides = override_dict(overrides)
     inputs = _check_inputs(parent, new_data, val, old_data, overrides, memory, progress)
     if method == "auto":
         method, why = choose_method(inputs.kind)
@@ -478,20 +478,6 @@ def _write_step(run_dir: Path, parent: _Parent, plan: _StepPlan, inputs: _Inputs
         f"images, {plan.counts['val']} val images"
     )
     return _step_config(parent, plan, data_root, out, run_dir.name, overrides)
-
-
-def _override_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    from ..config import _split_override
-
-    out: dict[str, Any] = {}
-    for o in overrides:
-        k, v = _split_override(o)
-        out[k] = yaml.safe_load(v) if isinstance(v, str) and v != "" else v
-    return out
 
 
 def _get(cfg: Config, dotted: str) -> Any:

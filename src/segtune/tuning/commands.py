@@ -63,16 +63,13 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 
 def _overrides(a: argparse.Namespace, flags: dict[str, tuple[str, type, str]]) -> dict[str, Any]:
-    from ..config import _split_override
+    from ..config import parse_overrides
 
     out: dict[str, Any] = {}
     for key, (dotted, _, _) in flags.items():
         if getattr(a, key, None) is not None:
             out[dotted] = getattr(a, key)
-    for o in a.overrides:
-        k, v = _split_override(o)
-        out[k] = v
-    return out
+    return {**out, **parse_overrides(a.overrides)}
 
 
 def _cmd_tune(a: argparse.Namespace) -> int:
