@@ -307,7 +307,17 @@ def find_pairs(
         img_by = {k: v for k, v in img_by.items() if k in stems}
         mask_by = {k: v for k, v in mask_by.items() if k in stems}
 
-    # Masks named <stem>_mask etc. pair with image <stem> when nothing matches exactly.
+    _merge_suffixed_masks(img_by, mask_by)
+    pairs, matched_problems = _match_groups(img_by, mask_by, masks_dir, have_masks=bool(masks))
+    problems += matched_problems
+    problems += _orphan_masks(img_by, mask_by, images_dir, have_images=bool(images))
+    problems += _lossy_masks(pairs, masks_dir)
+    pairs.sort(key=lambda p: (stem_key(p[0]), str(p[0])))
+    return pairs, problems
+
+
+def _merge_suffixed_masks(img_by: dict[str, list[Path]], mask_by: dict[str, list[Path]]) -> None:
+    """Masks named ``<stem>_mask`` etc. join image ``<stem>``'s group when nothing matches exactly (in place)."""
     for key in list(mask_by):
         if key in img_by:
             continue
@@ -315,6 +325,11 @@ def find_pairs(
         if base is not None and base in img_by:
             mask_by.setdefault(base, []).extend(mask_by.pop(key))
 
+
+def _match_groups(img_by: dict[str, list[Path]], mask_by: dict[str, list[Path]], masks_dir: str | Path,
+                  have_masks: bool) -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """One ``(image, mask)`` per stem; ambiguous stems (errors) and images without a mask (warnings)."""
+    problems: list[Problem] = []
     pairs: list[tuple[Path, Path]] = []
     for key, group in img_by.items():
         if len(group) > 1:
@@ -328,7 +343,7 @@ def find_pairs(
             )
             continue
         if key not in mask_by:
-            if not masks:
+            if not have_masks:
                 continue  # the empty/missing masks folder is reported once
             problems.append(
                 Problem(
@@ -351,8 +366,15 @@ def find_pairs(
             )
             continue
         pairs.append((group[0], mgroup[0]))
+    return pairs, problems
+
+
+def _orphan_masks(img_by: dict[str, list[Path]], mask_by: dict[str, list[Path]], images_dir: str | Path,
+                  have_images: bool) -> list[Problem]:
+    """A warning for each mask whose stem has no image (none when the image folder is empty)."""
+    problems: list[Problem] = []
     for key, mgroup in mask_by.items():
-        if key not in img_by and images:
+        if key not in img_by and have_images:
             for m in mgroup:
                 problems.append(
                     Problem(
@@ -362,6 +384,12 @@ def find_pairs(
                         level="warning",
                     )
                 )
+    return problems
+
+
+def _lossy_masks(pairs: list[tuple[Path, Path]], masks_dir: str | Path) -> list[Problem]:
+    """One warning for a folder whose paired masks include JPEGs."""
+    problems: list[Problem] = []
     lossy = [m for _, m in pairs if m.suffix.lower() in LOSSY_MASK_EXTS]
     if lossy:
         problems.append(
@@ -372,5 +400,4 @@ def find_pairs(
                 level="warning",
             )
         )
-    pairs.sort(key=lambda p: (stem_key(p[0]), str(p[0])))
-    return pairs, problems
+    return problems
