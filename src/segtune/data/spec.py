@@ -554,22 +554,10 @@ def _jpeg_binary(files: list[Path], probe: int = 16) -> bool:
     return low > 0 and high > 0
 
 
-def _fill_inferred_classes(spec: DatasetSpec) -> None:
-    """Scan training masks to infer the classes (and binary/ignore conventions) in place."""
+def _scan_mask_values(masks_dir: Path, files: list[Path]) -> tuple[set[int], list[tuple[int, int, int]] | None, int]:
+    """The label values of all readable masks, the first palette found, and how many masks were read."""
     from .decode import mask_values_summary
-    from .pairing import list_files
 
-    split = spec.splits.get("train") or next(iter(spec.splits.values()))
-    if spec.mask_format == "binary":
-        spec.classes = ["class_0", "class_1"]
-        return
-    if split.masks is None:
-        raise ConfigError(
-            f"{spec.source}: no classes: given and no masks to infer them from (add classes:)"
-        )
-    files, _ = list_files(split.masks, kind="mask", recursive=split.recursive)
-    if _binary_jpegs(spec, split.masks, files):
-        return
     values: set[int] = set()
     palette: list[tuple[int, int, int]] | None = None
     n = 0
@@ -589,18 +577,23 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
         n += 1
     if n == 0:
         raise DataError(
-            f"{split.masks}: no readable masks to infer classes from (add a dataset.yaml with classes:)"
+            f"{masks_dir}: no readable masks to infer classes from (add a dataset.yaml with classes:)"
         )
+    return values, palette, n
+
+
+def _classes_from_values(spec: DatasetSpec, masks_dir: Path, values: set[int]) -> None:
+    """Classes (and binary format / ignore index) from the label values found, in place."""
     vals_sorted = sorted(values)
     if min(vals_sorted) < 0:
         raise DataError(
-            f"{split.masks}: masks hold negative values {vals_sorted[:5]} (class ids must be >= 0)"
+            f"{masks_dir}: masks hold negative values {vals_sorted[:5]} (class ids must be >= 0)"
         )
     if spec.mask_format in ("auto", "binary") and values <= {0, 255} and 255 in values:
         spec.classes = ["class_0", "class_1"]
         spec.mask_format = "binary"
         _log.warn(
-            f"{split.masks}: masks hold only 0 and 255: reading them as binary (0 -> class_0, 255 -> class_1); "
+            f"{masks_dir}: masks hold only 0 and 255: reading them as binary (0 -> class_0, 255 -> class_1); "
             "write a dataset.yaml with ignore_index: 255 if 255 means 'unlabelled'"
         )
     else:
@@ -612,12 +605,31 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
             spec.ignore_index = 255
             top = max(v for v in vals_sorted if v != 255)
             _log.info(
-                f"{split.masks}: mask value 255 is treated as 'ignore' (unlabelled); "
+                f"{masks_dir}: mask value 255 is treated as 'ignore' (unlabelled); "
                 "write a dataset.yaml to change this"
             )
         elif top >= 255:
             spec.ignore_index = 65535 if top < 65535 else top + 1
         spec.classes = [f"class_{i}" for i in range(top + 1)]
+
+
+def _fill_inferred_classes(spec: DatasetSpec) -> None:
+    """Scan training masks to infer the classes (and binary/ignore conventions) in place."""
+    from .pairing import list_files
+
+    split = spec.splits.get("train") or next(iter(spec.splits.values()))
+    if spec.mask_format == "binary":
+        spec.classes = ["class_0", "class_1"]
+        return
+    if split.masks is None:
+        raise ConfigError(
+            f"{spec.source}: no classes: given and no masks to infer them from (add classes:)"
+        )
+    files, _ = list_files(split.masks, kind="mask", recursive=split.recursive)
+    if _binary_jpegs(spec, split.masks, files):
+        return
+    values, palette, n = _scan_mask_values(split.masks, files)
+    _classes_from_values(spec, split.masks, values)
     if spec.colors is None and palette is not None and spec.mask_format != "binary":
         pal = palette + [(0, 0, 0)] * max(0, spec.num_classes - len(palette))
         cols = pal[: spec.num_classes]
