@@ -59,7 +59,7 @@ def bn_shift(encoder: nn.Module, images: Sequence[torch.Tensor], eps: float = 1e
     ``KL(data || stored)``; the result is the mean over channels, then the median over layers
     (robust to the few deepest layers, whose statistics vary most with image size). 0 means the
     data looks like the pretraining data to every layer; measured with EfficientNet-Lite0: about
-    0.08-0.12 on CamVid road scenes, 0.34-0.36 on ISBI 2012 EM slices (``benchmarks/auto.json``).
+    0.07-0.10 on CamVid road scenes, 0.33-0.37 on ISBI 2012 EM slices (``benchmarks/auto.json``).
 
     Args:
         encoder: a pretrained module with BatchNorm layers (run in eval mode, restored after).
