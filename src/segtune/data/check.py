@@ -20,7 +20,7 @@ import numpy as np
 
 from .._progress import progress_iter
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, _read_image, _read_mask
-from .pairing import Problem, list_files, split_pairs
+from .pairing import Problem, split_items
 from .spec import DatasetSpec, load_dataset_spec
 
 __all__ = ["Problem", "DataReport", "check_data", "MIN_SIDE"]
@@ -282,12 +282,8 @@ def _collect_pairs(spec: DatasetSpec, strict: bool, tally: _Tally) -> list[tuple
     for sname, split in spec.splits.items():
         tally.pairs[sname] = []
         tally.sizes[sname] = []
-        if split.masks is None:
-            files, probs = list_files(split.images, "image", split.recursive)
-            tasks += [(sname, f, None) for f in files]
-        else:
-            pairs, probs = split_pairs(split)
-            tasks += [(sname, i, m) for i, m in pairs]
+        items, probs = split_items(split)
+        tasks += [(sname, i, m) for i, m in items]
         for p in probs:
             if strict and p.message in _ORPHAN_MESSAGES:
                 p.level = "error"

@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "Problem",
     "split_pairs",
+    "split_items",
     "read_stem_list",
     "IMAGE_EXTS",
     "MASK_EXTS",
@@ -226,6 +227,16 @@ def read_stem_list(path: str | Path) -> list[str]:
         if line and not line.startswith("#"):
             out.append(unicodedata.normalize("NFC", Path(line.split()[0]).stem))
     return out
+
+
+def split_items(split: Any) -> tuple[list[tuple[Path, Path | None]], list[Problem]]:
+    """Every ``(image, mask or None)`` of a split: its pairs (:func:`split_pairs`), or each image
+    with ``None`` when the split has no masks; plus the problems found listing or pairing them."""
+    if split.masks is None:
+        files, problems = list_files(split.images, "image", getattr(split, "recursive", False))
+        return [(f, None) for f in files], problems
+    pairs, problems = split_pairs(split)
+    return [(i, m) for i, m in pairs], problems
 
 
 def split_pairs(split: Any) -> tuple[list[tuple[Path, Path]], list[Problem]]:

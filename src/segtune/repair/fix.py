@@ -35,7 +35,7 @@ from .._io import atomic_write_json, atomic_write_yaml
 from .._progress import progress_iter
 from ..data.dataset import mask_storage_dtype
 from ..data.decode import DEFAULT_MAX_PIXELS, DecodeError, _read_image, _read_mask
-from ..data.pairing import LOSSY_MASK_EXTS, Problem, list_files, split_pairs
+from ..data.pairing import LOSSY_MASK_EXTS, Problem, split_items
 from ..data.spec import DatasetSpec, load_dataset_spec
 from ..errors import RunError
 
@@ -145,12 +145,8 @@ def _collect(spec: DatasetSpec, report: FixReport) -> list[tuple[str, Path, Path
     tasks: list[tuple[str, Path, Path | None]] = []
     for sname, split in spec.splits.items():
         report.pairs[sname] = 0
-        if split.masks is None:
-            files, probs = list_files(split.images, "image", split.recursive)
-            tasks += [(sname, f, None) for f in files]
-        else:
-            pairs, probs = split_pairs(split)
-            tasks += [(sname, i, m) for i, m in pairs]
+        items, probs = split_items(split)
+        tasks += [(sname, i, m) for i, m in items]
         report.not_repaired += [p for p in probs if p.is_error or p.message in _NOT_COPIED]
     return tasks
 
