@@ -67,6 +67,7 @@ class DistillModule(SegTuneModule):
 
     @property
     def teacher(self) -> nn.Module:
+        """The frozen teacher model (held outside the module's children, so never trained or saved)."""
         return self._teacher[0]
 
     def on_fit_start(self) -> None:
@@ -87,6 +88,7 @@ class DistillModule(SegTuneModule):
         return self.teacher.net.segmentation_head(dec).float()
 
     def forward_train(self, batch: dict[str, Any]) -> Tensor:
+        """The student's (N, C, H, W) logits; with hints on, its decoder output is kept for the hint loss."""
         if self.hint_adapter is None:
             return super().forward_train(batch)
         dec = self.model.net.decoder(self.model.encode(self._input(batch["image"])))
@@ -94,6 +96,13 @@ class DistillModule(SegTuneModule):
         return self.model.net.segmentation_head(dec)
 
     def training_loss(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
+        """Scalar loss of a batch: ``alpha * label loss + (1 - alpha) * KD`` (+ ``hint_weight`` x hint MSE).
+
+        Args:
+            logits: the student's (N, C, H, W) logits.
+            batch: ``image`` (N, 3, H, W) float, ``mask`` (N, H, W) int64 (255 ignored everywhere
+                for unlabelled images).
+        """
         label = self.loss_fn(logits, batch["mask"])  # unlabelled images: every pixel ignored
         total, kd = distillation_loss(logits, self.teacher_logits(batch["image"]), label,
                                       self.temperature, self.alpha)

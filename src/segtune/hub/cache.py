@@ -60,9 +60,11 @@ class HubFile:
 
     @property
     def url_filename(self) -> str | None:
+        """The file name at the end of ``url`` (None without a URL)."""
         return Path(urlparse(self.url).path).name if self.url else None
 
     def hf_url(self) -> str | None:
+        """The Hugging Face Hub download URL of the first of ``hf_filenames`` (None without ``hf_repo``)."""
         if not self.hf_repo:
             return None
         return f"https://huggingface.co/{self.hf_repo}/resolve/{self.hf_revision or 'main'}/{self.hf_filenames[0]}"

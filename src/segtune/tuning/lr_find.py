@@ -65,6 +65,7 @@ class LRFindResult:
     group_ratios: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (what ``lr_find.json`` holds)."""
         return asdict(self)
 
 

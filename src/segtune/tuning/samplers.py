@@ -79,8 +79,10 @@ def build_pruner(pruner: str | Any, max_epochs: int | None) -> Any:
 
 
 def list_samplers() -> list[str]:
+    """Registered ``tune --sampler`` names."""
     return SAMPLER_REGISTRY.names()
 
 
 def list_pruners() -> list[str]:
+    """Registered ``tune --pruner`` names."""
     return PRUNER_REGISTRY.names()

@@ -87,6 +87,7 @@ class Param:
 
     @property
     def is_int(self) -> bool:
+        """True when both bounds are ints (the parameter is suggested as an int)."""
         return isinstance(self.low, int) and isinstance(self.high, int)
 
     def suggest(self, trial: Any) -> Any:
@@ -150,6 +151,7 @@ class SearchSpace:
         return out
 
     def grid_size(self) -> int:
+        """Number of points of the full grid (product of every parameter's grid values)."""
         return len(list(itertools.product(*self.grid().values())))
 
     def to_dict(self) -> dict[str, Any]:
