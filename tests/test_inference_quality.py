@@ -253,3 +253,25 @@ def test_choose_split_rule(tmp_path: Path) -> None:
     assert choose_split(spec("train", "val"), "train", "d") == "train"  # asked: always honoured
     with pytest.raises(DataError, match="available: train, val"):
         choose_split(spec("train", "val"), "test", "d")
+
+
+def test_evaluate_folder_without_yaml_uses_the_runs_classes(tmp_path: Path) -> None:
+    """A held-out images/ + masks/ folder with no dataset.yaml is read with the model's classes and
+    ignore value, even when some class (or the ignore value) makes mask scanning guess other classes."""
+    import segtune
+    from segtune.engine.run import save_model
+    from segtune.models import create_model
+
+    run = tmp_path / "run3"
+    model = create_model("unet", "tf_efficientnet_lite0", num_classes=3, weights="none")
+    meta = {"classes": ["sky", "road", "car"], "colors": None, "ignore_index": 3,
+            "normalization": {"mean": list(model.mean), "std": list(model.std)}}
+    save_model(run, model, meta)
+    data = _single_split_folder(tmp_path / "held_out", n=2)
+    for m in (data / "masks").iterdir():  # values 0, 1 and the ignore value 3; class 2 absent
+        a = np.asarray(Image.open(m)).copy()
+        a[:5] = 3
+        Image.fromarray(a).save(m)
+    res = segtune.evaluate(run, data, out=tmp_path / "e", progress=False, device="cpu")
+    assert [r["name"] for r in res["per_class"]] == ["sky", "road", "car"]
+    assert res["split"] == "train"

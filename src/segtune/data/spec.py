@@ -180,7 +180,7 @@ def _split_dict(s: Split) -> dict[str, Any]:
     return d
 
 
-def load_dataset_spec(path: str | Path) -> DatasetSpec:
+def load_dataset_spec(path: str | Path, known: dict[str, Any] | None = None) -> DatasetSpec:
     """Load a data set description.
 
     Args:
@@ -189,6 +189,8 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
             subfolders each holding ``images/`` + ``masks/``. Without a yaml the classes are
             inferred by scanning the training masks (named ``class_0..class_K``) and a value of 255
             on top of the others is taken as the ignore value, with a notice.
+        known: a trained model's ``classes``, ``ignore_index`` and ``colors`` (its model.yaml):
+            used instead of scanning the masks when the folder has no yaml (``evaluate RUN DIR``).
 
     Returns:
         The resolved :class:`DatasetSpec`; relative split folders are resolved against the
@@ -211,7 +213,7 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
             return _from_yaml(p / n)
     splits = _folder_splits(p)
     if splits:
-        return _infer_spec(p, splits)
+        return _known_spec(p, splits, known) if known and known.get("classes") else _infer_spec(p, splits)
     return _detect_layout(p)
 
 
@@ -513,6 +515,19 @@ def _infer_spec(root: Path, splits: dict[str, Split]) -> DatasetSpec:
     spec = DatasetSpec(root=root, classes=[], splits=splits, name=root.name)
     _fill_inferred_classes(spec)
     _validate(spec)
+    return spec
+
+
+def _known_spec(root: Path, splits: dict[str, Split], known: dict[str, Any]) -> DatasetSpec:
+    """A folder without a yaml read with a trained model's classes (no mask scan)."""
+    root = root.resolve()
+    colors = known.get("colors")
+    spec = DatasetSpec(root=root, classes=[str(c) for c in known["classes"]], splits=splits, name=root.name,
+                       colors=[tuple(int(v) for v in c) for c in colors] if colors else None,  # type: ignore[misc]
+                       ignore_index=int(known.get("ignore_index", 255)))
+    _validate(spec)
+    _log.info(f"{root}: no dataset.yaml; reading its masks with the model's {spec.num_classes} classes "
+              f"(ignore value {spec.ignore_index})")
     return spec
 
 

@@ -264,7 +264,7 @@ def _eval_loader(run: str | Path, data: str | Path, split: str | None, meta: dic
     from ..data import SegDataset, eval_transforms, load_dataset_spec, pad_collate
     from ..data.pairing import split_pairs
 
-    spec = load_dataset_spec(data)
+    spec = load_dataset_spec(data, known=meta)
     # an incremental model with a synthetic background (index 0) scores data that lists the
     # other classes: labels move up by one, background is never predicted (inference.suppress)
     shift = int(meta.get("background") == "synthetic" and list(spec.classes) == list(meta.get("classes", []))[1:])
