@@ -303,3 +303,27 @@ def test_camvid_subset(tmp_path):
     assert report.class_pixels[3] > 0  # Road is everywhere in CamVid
     assert report.size_stats["train"]["width"] == {"min": 480, "median": 480, "max": 480}
     assert "Road" in report.format()
+
+
+def test_collect_images_one_rule_for_predict_and_onnx_predict(tmp_path: Path) -> None:
+    from segtune.data.pairing import collect_images
+    from segtune.errors import DataError
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.png", "A.JPG", ".hidden.png", "sub/c.tif", "notes.txt"):
+        Image.new("RGB", (4, 4)).save(folder / name, format="PNG")
+    single = tmp_path / "single.png"
+    Image.new("RGB", (4, 4)).save(single)
+    got = collect_images([folder, single])
+    assert [p.relative_to(tmp_path).as_posix() for p in got] == ["imgs/A.JPG", "imgs/b.png", "imgs/sub/c.tif",
+                                                                 "single.png"]
+    assert collect_images(str(single)) == [single]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        collect_images(tmp_path / "empty")
+    with pytest.raises(DataError, match="no such file or folder"):
+        collect_images(tmp_path / "missing")
+    Image.new("RGB", (4, 4)).save(folder / "sub" / "b.png")
+    with pytest.raises(DataError, match="same name as"):
+        collect_images(folder)

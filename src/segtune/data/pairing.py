@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "Problem",
     "split_pairs",
     "split_items",
+    "collect_images",
     "read_stem_list",
     "IMAGE_EXTS",
     "MASK_EXTS",
@@ -412,3 +414,37 @@ def _lossy_masks(pairs: list[tuple[Path, Path]], masks_dir: str | Path) -> list[
             )
         )
     return problems
+
+
+def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Image files under the given files/folders (case-insensitive extensions, hidden files skipped).
+
+    Raises:
+        DataError: a folder without images, a missing path, or two images with the same stem (both
+            would write ``<stem>.png``).
+    """
+    from ..errors import DataError
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files: list[Path] = []
+    stems: dict[str, Path] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                q for q in p.rglob("*")
+                if q.is_file() and q.suffix.lower() in IMAGE_EXTS and not q.name.startswith(".")
+            )
+            if not found:
+                raise DataError(f"{p}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    for f in files:
+        if f.stem in stems and stems[f.stem] != f:
+            raise DataError(f"{f}: same name as {stems[f.stem]}; both would write {f.stem}.png (predict them separately)")
+        stems[f.stem] = f
+    return files

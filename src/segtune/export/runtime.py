@@ -170,28 +170,6 @@ def _overlay(image: np.ndarray, mask: np.ndarray, colors: list[list[int]] | None
     return np.where(keep, image, blend).round().astype(np.uint8)
 
 
-def _collect(inputs: Sequence[str | Path], exts: frozenset[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in exts
-                           and not q.name.startswith("."))
-            if not found:
-                raise DataError(f"{p}: no images found (looked for {', '.join(sorted(exts))})")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    stems: dict[str, Path] = {}
-    for f in files:
-        if stems.setdefault(f.stem, f) != f:
-            raise DataError(f"{f}: same name as {stems[f.stem]}; both would write {f.stem}.png "
-                            "(predict them separately)")
-    return files
-
-
 def predict_paths(
     model: str | Path | OnnxSegmenter,
     inputs: str | Path | Sequence[str | Path],
@@ -222,8 +200,9 @@ def predict_paths(
         The mask files written.
     """
     seg = model if isinstance(model, OnnxSegmenter) else OnnxSegmenter(model, threads=threads)
-    exts = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-    files = _collect([inputs] if isinstance(inputs, (str, Path)) else list(inputs), exts)
+    from ..data.pairing import collect_images
+
+    files = collect_images(inputs)
     if shard is not None:
         files = sorted(files)[shard[0] :: shard[1]]
     out = Path(out)

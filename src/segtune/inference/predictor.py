@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .. import _log
 from .._progress import progress_iter
 from .._tensor import cpu_channels_last, round_up, suppress_classes
-from ..data.pairing import IMAGE_EXTS
+from ..data.pairing import collect_images
 from ..errors import DataError
 from ..models.modelfile import load_model
 from .outputs import area_rows, quantize_probabilities, write_areas_csv, write_probability_maps
@@ -371,31 +371,6 @@ def shard_files(files: Sequence[Path], shard: tuple[int, int]) -> list[Path]:
     return sorted(files)[i::n]
 
 
-def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Image files under the given files/folders (case-insensitive extensions, hidden files skipped)."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    files: list[Path] = []
-    stems: dict[str, Path] = {}
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(
-                q for q in p.rglob("*")
-                if q.is_file() and q.suffix.lower() in IMAGE_EXTS and not q.name.startswith(".")
-            )
-            if not found:
-                raise DataError(f"{p}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    for f in files:
-        if f.stem in stems and stems[f.stem] != f:
-            raise DataError(f"{f}: same name as {stems[f.stem]}; both would write {f.stem}.png (predict them separately)")
-        stems[f.stem] = f
-    return files
 
 
 def predict(run: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path, **kwargs: Any) -> list[Path]:
