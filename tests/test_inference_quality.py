@@ -275,3 +275,16 @@ def test_evaluate_folder_without_yaml_uses_the_runs_classes(tmp_path: Path) -> N
     res = segtune.evaluate(run, data, out=tmp_path / "e", progress=False, device="cpu")
     assert [r["name"] for r in res["per_class"]] == ["sky", "road", "car"]
     assert res["split"] == "train"
+
+
+def test_predict_areas_naming_a_folder_is_one_line_and_writes_nothing(tiny_run: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    out = tmp_path / "out"
+    for areas in (out, tmp_path / "imgs"):  # the --out folder itself, or any existing folder
+        assert main(["predict", str(tiny_run), str(tmp_path / "imgs"), "--out", str(out),
+                     "--areas", str(areas), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {areas}: is a folder") and err.count("\n") == 1
+        assert not out.exists() and sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["a.png"]

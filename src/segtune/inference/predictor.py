@@ -290,6 +290,8 @@ class Predictor:
                     f"{out_dir / (taken[0].stem + '.png')}: already exists ({len(taken)} outputs would be "
                     "replaced); pass --skip-existing to resume or --overwrite to replace"
                 )
+        if areas is not None and (Path(areas).is_dir() or Path(areas).resolve() == out_dir.resolve()):
+            raise DataError(f"{areas}: is a folder; give --areas a CSV file name, e.g. --areas areas.csv")
         if areas is not None and Path(areas).exists() and not (skip_existing or overwrite):
             raise DataError(f"{areas}: already exists; pass --overwrite to replace it or choose another --areas file")
 
