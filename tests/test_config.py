@@ -60,3 +60,13 @@ def test_override_parsing_is_one_function_for_cli_and_python() -> None:
     assert override_dict(None) == {}
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["optim.lr"])
+
+
+def test_budget_flags_map_to_their_config_keys() -> None:
+    from segtune.config import budget_overrides
+
+    assert budget_overrides() == {}
+    assert budget_overrides(epochs=3, lr=0.01, progress=False) == {
+        "train.epochs": 3, "optim.lr": 0.01, "train.progress": False}
+    cfg = apply_overrides(Config(), budget_overrides(max_steps=7))
+    assert cfg.train.max_steps == 7

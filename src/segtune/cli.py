@@ -210,17 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_update(a: argparse.Namespace) -> int:
+    from .config import budget_overrides, parse_overrides
     from .incremental.update import DEFAULT_MEMORY, update
 
-    overrides: dict[str, Any] = {}
-    for flag, key in (("epochs", "train.epochs"), ("max_steps", "train.max_steps"), ("lr", "optim.lr")):
-        if getattr(a, flag) is not None:
-            overrides[key] = getattr(a, flag)
-    if a.no_progress:
-        overrides["train.progress"] = False
-    from .config import parse_overrides
-
-    overrides.update(parse_overrides(a.overrides))
+    overrides = {**budget_overrides(a.epochs, a.max_steps, a.lr, progress=not a.no_progress),
+                 **parse_overrides(a.overrides)}
     if a.watch:  # online updates
         from .engine.resume import Interrupted
         from .incremental.watch import watch

@@ -32,6 +32,7 @@ __all__ = [
     "apply_overrides",
     "parse_overrides",
     "override_dict",
+    "budget_overrides",
 ]
 
 CLASS_WEIGHTS = ("none", "inverse", "median")
@@ -414,6 +415,19 @@ def _sections() -> list[str]:
 def parse_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``section.key=value`` strings (``--set``) as ``{"section.key": "value"}``; a later key wins."""
     return dict(_split_override(t) for t in texts)
+
+
+def budget_overrides(epochs: int | None = None, max_steps: int | None = None, lr: float | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """The ``--epochs`` / ``--max-steps`` / ``--lr`` / ``--no-progress`` flags of a command as
+    overrides (``train.epochs``, ``train.max_steps``, ``optim.lr``, ``train.progress``); None is left out."""
+    out: dict[str, Any] = {}
+    for key, value in (("train.epochs", epochs), ("train.max_steps", max_steps), ("optim.lr", lr)):
+        if value is not None:
+            out[key] = value
+    if not progress:
+        out["train.progress"] = False
+    return out
 
 
 def override_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:

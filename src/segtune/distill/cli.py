@@ -48,7 +48,7 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 
 def _cmd_distill(a: argparse.Namespace) -> int:
-    from ..config import parse_overrides
+    from ..config import budget_overrides, parse_overrides
     from ..errors import ConfigError
     from .run import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, distill, resume_distill
 
@@ -61,13 +61,8 @@ def _cmd_distill(a: argparse.Namespace) -> int:
         raise ConfigError("distill: give the teacher run, the data and the student, e.g. "
                           "`segtune distill runs/unet-head data/ --student unet/tf_efficientnet_lite0`")
     arch, encoder = parse_student(a.student)
-    overrides: dict[str, Any] = {}
-    for flag, key in (("epochs", "train.epochs"), ("max_steps", "train.max_steps"), ("lr", "optim.lr")):
-        if getattr(a, flag) is not None:
-            overrides[key] = getattr(a, flag)
-    if a.no_progress:
-        overrides["train.progress"] = False
-    overrides.update(parse_overrides(a.overrides))
+    overrides = {**budget_overrides(a.epochs, a.max_steps, a.lr, progress=not a.no_progress),
+                 **parse_overrides(a.overrides)}
     run_dir = distill(a.run, a.data, student_arch=arch, student_encoder=encoder, unlabelled=a.unlabelled,
                       overrides=overrides,
                       temperature=DEFAULT_TEMPERATURE if a.temperature is None else a.temperature,
