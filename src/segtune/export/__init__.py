@@ -11,16 +11,11 @@ Names are imported lazily, so ``import segtune.export.runtime`` never pulls in t
 
 from __future__ import annotations
 
-from typing import Any
+from .._lazy import lazy_getattr
 
 __all__ = ["export_onnx", "ExportReport", "OnnxSegmenter", "FORMATS"]
 
 _LAZY = {"export_onnx": ".onnx", "ExportReport": ".onnx", "OnnxSegmenter": ".runtime", "FORMATS": ".formats"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
