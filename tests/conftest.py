@@ -103,6 +103,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 @pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never touch the network: weights not in a cache fail at once with segtune's offline
+    error instead of trying huggingface.co (subprocesses started by a test inherit it)."""
+    monkeypatch.setenv("SEGTUNE_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
 def _log_not_quiet():
     """Every test starts with info lines shown (benchmark mains called by tests set quiet mode)."""
     from segtune import _log

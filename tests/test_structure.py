@@ -205,3 +205,11 @@ def test_no_test_hooks_keepalives_or_empty_packages() -> None:
         if f.name == "__init__.py":
             others = [p for p in f.parent.iterdir() if p.name != "__init__.py" and p.name != "__pycache__"]
             assert others, f"{f.parent}: empty package"
+
+
+def test_tests_run_offline() -> None:
+    import os
+
+    from segtune.hub import offline_reason
+
+    assert offline_reason("example.invalid") == f"SEGTUNE_OFFLINE={os.environ['SEGTUNE_OFFLINE']}"
