@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_yaml",
     "sha256_file",
+    "link_or_copy",
 ]
 
 
@@ -90,6 +91,20 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def atomic_write_yaml(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as YAML (block style, key order kept) atomically."""
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, default_flow_style=None))
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Make ``dst`` a symlink to ``src`` (resolved), or a copy where links are not allowed.
+
+    For the private data folders a run builds from the user's images (update, distill): the
+    user's files are never moved or changed.
+    """
+    import shutil
+
+    try:
+        os.symlink(Path(src).resolve(), dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

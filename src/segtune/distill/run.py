@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from .. import _log
-from .._io import atomic_write_yaml
+from .._io import atomic_write_yaml, link_or_copy
 from ..config import Config, apply_overrides, override_dict
 from ..errors import ConfigError, DataError, RunError, SegtuneError
 
@@ -317,13 +317,13 @@ def _write_data(run_dir: Path, teacher: _Teacher, inputs: _Inputs, progress: boo
     jobs = [("train", _LABELLED, p) for p in inputs.train] + [("val", "", p) for p in inputs.val]
     for k, (split, prefix, (img, mask)) in enumerate(progress_iter(jobs, "writing the student's masks", show=show)):
         stem = f"{prefix}{k:05d}_{Path(img).stem}"
-        _link(Path(img), tmp / split / "images" / f"{stem}{Path(img).suffix.lower()}")
+        link_or_copy(Path(img), tmp / split / "images" / f"{stem}{Path(img).suffix.lower()}")
         m = read_mask(mask, spec)
         idx = np.where((m >= 0) & (m < spec.num_classes), m, _IGNORE).astype(np.uint8)
         Image.fromarray(idx, mode="L").save(tmp / split / "masks" / f"{stem}.png")
     for k, (img, (w, h)) in enumerate(inputs.unlabelled):
         stem = f"{_UNLABELLED}{k:05d}_{Path(img).stem}"
-        _link(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
+        link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
         Image.fromarray(np.full((h, w), _IGNORE, np.uint8), mode="L").save(tmp / "train" / "masks" / f"{stem}.png")
     atomic_write_yaml(tmp / "dataset.yaml", {
         "name": f"distillation data of {teacher.dir.name} ({spec.name or spec.root})",
@@ -338,13 +338,6 @@ def _write_data(run_dir: Path, teacher: _Teacher, inputs: _Inputs, progress: boo
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
-
-
-def _link(src: Path, dst: Path) -> None:
-    try:
-        os.symlink(src.resolve(), dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _colors(teacher: _Teacher, spec: Any) -> list[list[int]] | None:

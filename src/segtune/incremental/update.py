@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from .. import _log
-from .._io import atomic_write_json, atomic_write_yaml
+from .._io import atomic_write_json, atomic_write_yaml, link_or_copy
 from ..config import Config, apply_overrides, override_dict
 from ..errors import ConfigError, DataError, RunError, SegtuneError
 from .methods import METHOD_REGISTRY, IncrementalModule, Step, build_method, list_methods
@@ -180,13 +180,6 @@ def _remap(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.symlink(src.resolve(), dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _write_mask(path: Path, mask: np.ndarray) -> None:
     from PIL import Image
 
@@ -238,11 +231,11 @@ def _prepare_step_data(run_dir: Path, parent: _Parent, plan: _StepPlan, new_spec
         (tmp / split / "masks").mkdir(parents=True)
     for img, mask in progress_iter(new_pairs["train"], "writing the step's masks", show=None if progress else False):
         stem = f"new_{Path(img).stem}"
-        _link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
+        link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
         _write_mask(tmp / "train" / "masks" / f"{stem}.png", _remap(read_mask(mask, new_spec), train_lut))
     for k, (img, mask) in enumerate(memory_pool):
         stem = f"mem_{k:04d}_{Path(img).stem}"
-        _link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
+        link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
         _write_mask(tmp / "train" / "masks" / f"{stem}.png", mask.astype(np.uint8))
     # validation: every class known now keeps its label; classes not learned yet are ignored
     n_val = len(val_spec.classes)
@@ -250,7 +243,7 @@ def _prepare_step_data(run_dir: Path, parent: _Parent, plan: _StepPlan, new_spec
     val_lut, _ = _lut(n_val, val_spec.ignore_index, val_map)
     for img, mask in progress_iter(val_pairs, "writing the val masks", show=None if progress else False):
         stem = Path(img).stem
-        _link_or_copy(Path(img), tmp / "val" / "images" / f"{stem}{Path(img).suffix.lower()}")
+        link_or_copy(Path(img), tmp / "val" / "images" / f"{stem}{Path(img).suffix.lower()}")
         _write_mask(tmp / "val" / "masks" / f"{stem}.png", _remap(read_mask(mask, val_spec), val_lut))
     atomic_write_yaml(tmp / "dataset.yaml", {
         "name": f"update step {plan.parent_step + 1} of {parent.dir.name}",

@@ -49,14 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import _log
-from .._io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from .._io import atomic_write_json, atomic_write_text, atomic_write_yaml, link_or_copy
 from ..errors import ConfigError, DataError, RunError
 from .update import (
     BACKGROUND,
     DEFAULT_MEMORY,
     INCREMENTAL_FILE,
     _kind,
-    _link_or_copy,
     _load_parent,
     update,
 )
@@ -247,8 +246,8 @@ def _write_batch(folder: Path, scanner: _Scanner, pairs: Sequence[dict[str, Any]
         if not img.is_file() or not mask.is_file():
             shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(f"{img if not img.is_file() else mask}: gone from the watched folder")
-        _link_or_copy(img, tmp / "images" / img.name)
-        _link_or_copy(mask, tmp / "masks" / f"{img.stem}{mask.suffix.lower()}")
+        link_or_copy(img, tmp / "images" / img.name)
+        link_or_copy(mask, tmp / "masks" / f"{img.stem}{mask.suffix.lower()}")
     d = scanner.spec.to_dict()
     d["name"] = f"{d.get('name') or scanner.root.name} ({folder.name})"
     d["splits"] = {"train": {"images": "images", "masks": "masks"}}
