@@ -213,3 +213,11 @@ def test_tests_run_offline() -> None:
     from segtune.hub import offline_reason
 
     assert offline_reason("example.invalid") == f"SEGTUNE_OFFLINE={os.environ['SEGTUNE_OFFLINE']}"
+
+
+def test_predict_help_lists_every_tile_blend() -> None:
+    from segtune.inference import list_blends
+
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    help_text = " ".join(predict.format_help().split())
+    assert [b for b in list_blends() if b not in help_text] == []

@@ -64,6 +64,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
 
 def _registered_names() -> dict[str, str]:
     """Help-text lists read from the registries (never written out by hand)."""
+    from .inference.tiling import list_blends
     from .losses import list_losses
     from .models import list_architectures
     from .strategies import list_strategies
@@ -74,6 +75,7 @@ def _registered_names() -> dict[str, str]:
         "architectures": ", ".join(list_architectures()),
         "strategies": " | ".join(list_strategies()),
         "losses": " | ".join(list_losses()),
+        "blends": " | ".join(list_blends()),
     }
 
 
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     pr.add_argument("--tile-size", type=int, default=1024, help="tile side for very large images")
     pr.add_argument("--blend", default="gaussian",
-                    help="how overlapping tiles are combined: gaussian (default; tile centres weigh most) or uniform")
+                    help=f"how overlapping tiles are combined: {names['blends']} (default gaussian: tile centres "
+                         "weigh most)")
     pr.add_argument("--tta", metavar="SPEC",
                     help="test-time augmentation: flip, scales=0.75,1,1.25 or flip,scales=... (averaged softmax)")
     pr.add_argument("--probabilities", action="store_true",
