@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -16,8 +17,8 @@ from ..metrics import ConfusionMatrix, segmentation_metrics
 __all__ = ["SegTuneModule", "lr_lambda"]
 
 
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, power: float = 0.9):
-    """Multiplier of the base LR at optimiser step ``step`` (linear warm-up, then the schedule).
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, power: float = 0.9) -> Callable[[int], float]:
+    """``step -> multiplier`` of the base LR at optimiser step ``step`` (linear warm-up, then the schedule).
 
     Args:
         schedule: ``cosine`` (to 0), ``poly`` ((1 - t) ** power) or ``constant``.

@@ -20,10 +20,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RunError
 from ..models.modelfile import MODEL_FILE, MODEL_META, load_model, load_model_meta, save_model
+
+if TYPE_CHECKING:
+    from ..inference import Predictor
 
 __all__ = [
     "Run",
@@ -67,9 +70,10 @@ class Run:
 
     @property
     def miou(self) -> float | None:
+        """Final validation mIoU as a fraction in [0, 1] (mean over present classes; None if not scored)."""
         return self.metrics.get("miou")
 
-    def load(self, device: str | None = None):  # -> Predictor
+    def load(self, device: str | None = None) -> Predictor:
         """Load the trained model for prediction (see :class:`segtune.inference.Predictor`)."""
         from ..inference import Predictor
 
