@@ -327,3 +327,21 @@ def test_collect_images_one_rule_for_predict_and_onnx_predict(tmp_path: Path) ->
     Image.new("RGB", (4, 4)).save(folder / "sub" / "b.png")
     with pytest.raises(DataError, match="same name as"):
         collect_images(folder)
+
+
+def test_many_absent_classes_are_one_warning_few_are_one_each(tmp_path):
+    root = tmp_path / "many"
+    names = [f"c{i}" for i in range(12)]
+    (tmp_path / "many").mkdir()
+    (root / "dataset.yaml").write_text(f"classes: [{', '.join(names)}]\nsplits: {{train: {{images: im, masks: mk}}}}\n")
+    m = np.zeros((40, 40), np.uint8)
+    m[:10] = 1
+    _img(root / "im/a.png", 40, 40)
+    _mask(root / "mk/a.png", m)
+    absent = [p for p in check_data(root, progress=False).problems if "never occur" in p.message]
+    assert len(absent) == 1 and absent[0].level == "warning"
+    assert "10 of 12 classes never occur" in absent[0].message and "2 'c2'" in absent[0].message
+    assert "5 more" in absent[0].message and "\n" not in absent[0].message
+    (root / "dataset.yaml").write_text("classes: [c0, c1, c2, c3]\nsplits: {train: {images: im, masks: mk}}\n")
+    absent = [p.message for p in check_data(root, progress=False).problems if "never occur" in p.message]
+    assert absent == ["class 2 'c2' never occurs in the train masks", "class 3 'c3' never occurs in the train masks"]

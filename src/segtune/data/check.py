@@ -385,7 +385,7 @@ def _check_pair(sname: str, img: Path, mask: Path | None, max_pixels: int, tally
 def _summary_problems(spec: DatasetSpec, tally: _Tally) -> list[Problem]:
     """Data-set-level warnings: the default ignore value in use, classes absent from training."""
     out: list[Problem] = []
-    C, ign = spec.num_classes, spec.ignore_index
+    ign = spec.ignore_index
     if tally.default_ignore_masks and spec.yaml_path is not None:
         out.append(
             Problem(
@@ -398,19 +398,26 @@ def _summary_problems(spec: DatasetSpec, tally: _Tally) -> list[Problem]:
             )
         )
     if tally.pairs.get("train"):
-        for c in np.nonzero(tally.class_px == 0)[0]:
-            hint = "metrics will exclude it as absent; check classes: in dataset.yaml or the masks"
-            if C == 2 and ign == 255 and spec.ignore_index_explicit:
-                hint += " (if 255 marks the foreground, set mask_format: binary)"
-            out.append(
-                Problem(
-                    spec.source,
-                    f"class {int(c)} '{spec.classes[c]}' never occurs in the train masks",
-                    hint,
-                    level="warning",
-                )
-            )
+        out += _absent_class_problems(spec, [int(c) for c in np.nonzero(tally.class_px == 0)[0]])
     return out
+
+
+_MAX_ABSENT_LINES = 5  # more absent classes than this: one warning lists them all
+
+
+def _absent_class_problems(spec: DatasetSpec, absent: list[int]) -> list[Problem]:
+    """One warning per class absent from the train masks; one warning for all when there are many
+    (e.g. classes inferred from JPEG noise: hundreds of one-line warnings would hide the rest)."""
+    hint = "metrics will exclude it as absent; check classes: in dataset.yaml or the masks"
+    if spec.num_classes == 2 and spec.ignore_index == 255 and spec.ignore_index_explicit:
+        hint += " (if 255 marks the foreground, set mask_format: binary)"
+    if len(absent) > _MAX_ABSENT_LINES:
+        shown = ", ".join(f"{c} '{spec.classes[c]}'" for c in absent[:_MAX_ABSENT_LINES])
+        return [Problem(spec.source, f"{len(absent)} of {spec.num_classes} classes never occur in the train "
+                        f"masks ({shown}, ... {len(absent) - _MAX_ABSENT_LINES} more)",
+                        hint.replace("exclude it", "exclude them"), level="warning")]
+    return [Problem(spec.source, f"class {c} '{spec.classes[c]}' never occurs in the train masks", hint,
+                    level="warning") for c in absent]
 
 
 def _snapped_problems(spec: DatasetSpec, tally: _Tally) -> list[Problem]:
