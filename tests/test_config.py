@@ -70,3 +70,20 @@ def test_budget_flags_map_to_their_config_keys() -> None:
         "train.epochs": 3, "optim.lr": 0.01, "train.progress": False}
     cfg = apply_overrides(Config(), budget_overrides(max_steps=7))
     assert cfg.train.max_steps == 7
+
+
+def test_atomic_writes_get_a_plain_files_permissions(tmp_path: Path) -> None:
+    """Outputs written through a temporary file are as readable as a file opened with open()."""
+    import os
+
+    from segtune._io import _UMASK, atomic_path, atomic_write_json
+
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    with atomic_path(tmp_path / "b.png", durable=False) as tmp:
+        tmp.write_bytes(b"\x89PNG")
+    (tmp_path / "plain.txt").write_text("x")
+    plain = os.stat(tmp_path / "plain.txt").st_mode & 0o777
+    assert plain == 0o666 & ~_UMASK
+    for name in ("a.json", "b.png"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == plain, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.png", "plain.txt"]
