@@ -17,7 +17,6 @@ input's height and width.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,16 +149,13 @@ def _save_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -
     """Write a PNG through a temporary name + rename (never half-written under ``path``)."""
     from PIL import Image
 
+    from .._io import atomic_path
+
     im = Image.fromarray(array)
     if palette is not None:
         im.putpalette(palette)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_path(path, durable=False) as tmp:
         im.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, colors: list[list[int]] | None, ignore: int) -> np.ndarray:
