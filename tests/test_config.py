@@ -87,3 +87,13 @@ def test_atomic_writes_get_a_plain_files_permissions(tmp_path: Path) -> None:
     for name in ("a.json", "b.png"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == plain, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.png", "plain.txt"]
+
+
+def test_temp_dir_gets_a_plain_folders_permissions(tmp_path: Path) -> None:
+    import os
+
+    from segtune._io import _UMASK, temp_dir
+
+    made = temp_dir(tmp_path / "parent", prefix=".out.")
+    assert made.parent == tmp_path / "parent" and made.name.startswith(".out.") and not any(made.iterdir())
+    assert os.stat(made).st_mode & 0o777 == 0o777 & ~_UMASK

@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write_yaml",
     "sha256_file",
     "link_or_copy",
+    "temp_dir",
 ]
 
 
@@ -48,6 +49,15 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()  # read once, at import (os.umask can only be read by setting it)
+
+
+def temp_dir(parent: str | os.PathLike[str], prefix: str, suffix: str = ".tmp") -> Path:
+    """A new empty folder in ``parent`` (created) to fill and then rename into place, with a plain
+    folder's mode (``0777 & ~umask``, not ``mkdtemp``'s owner-only 0700)."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ no half-written copy; an existing ``OUT`` is never overwritten.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_write_json, atomic_write_yaml
+from .._io import atomic_write_json, atomic_write_yaml, temp_dir
 from .._progress import progress_iter
 from ..data.dataset import mask_storage_dtype
 from ..data.decode import DEFAULT_MAX_PIXELS, DecodeError, _read_image, _read_mask
@@ -114,8 +113,7 @@ def fix_dataset(
     """
     spec = data if isinstance(data, DatasetSpec) else load_dataset_spec(data)
     out = _check_out(Path(out).expanduser().resolve(), spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".fix-tmp", dir=out.parent))
+    tmp = temp_dir(out.parent, prefix=f".{out.name}.", suffix=".fix-tmp")  # renamed to out when complete
     try:
         report = FixReport(out=out)
         tasks = _collect(spec, report)
