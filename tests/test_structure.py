@@ -8,6 +8,7 @@
   and loss (read from the registries, not written out twice); the README names every name of
   every registry;
 * no ``torch.load`` without ``weights_only=True`` and no ``pickle.load(s)`` in the product;
+* every module has ``__all__``; tests run offline (``SEGTUNE_OFFLINE=1``);
 * no test hooks in the product, no ``_ = name`` keep-alive assignments, no empty packages.
 """
 
@@ -221,3 +222,10 @@ def test_predict_help_lists_every_tile_blend() -> None:
     predict = build_parser()._subparsers._group_actions[0].choices["predict"]
     help_text = " ".join(predict.format_help().split())
     assert [b for b in list_blends() if b not in help_text] == []
+
+
+def test_every_module_declares_its_public_names() -> None:
+    missing = [str(f.relative_to(SRC)) for f, tree in _modules().values()
+               if not any(isinstance(n, (ast.Assign, ast.AnnAssign)) and "__all__" in ast.unparse(n).split("=")[0]
+                          for n in tree.body)]
+    assert missing == []
