@@ -317,3 +317,11 @@ def test_a_study_where_every_trial_fails_prints_no_optuna_warnings(squares: Path
     assert [rec.getMessage() for rec in seen] == []
     assert not list((tmp_path / "t").glob("*.png"))  # no empty plots
     assert (tmp_path / "t" / "trials.csv").is_file()
+
+
+def test_train_lr_that_is_neither_a_number_nor_find_says_so(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["train", "data", "--lr", "fast"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --lr: expected a number (e.g. 1e-3) or find, got 'fast'" in err and "<lambda>" not in err

@@ -27,6 +27,17 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "segtune.export.commands",
 )
 
+
+def _lr_value(v: str) -> float | str:
+    """``--lr``: a number or ``find`` (argparse prints the reason, not ``invalid <lambda> value``)."""
+    if v == "find":
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (e.g. 1e-3) or find, got {v!r}") from None
+
+
 # flag -> dotted config key
 _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "config_arch": ("model.arch", str, "architecture: {architectures} (default unet)"),
@@ -39,7 +50,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "encoder_lr_factor": ("strategy.encoder_lr_factor", float, "discriminative/gradual: encoder LR = LR x factor"),
     "epochs": ("train.epochs", int, "maximum epochs (default: about 1000 steps, within 30-200 epochs, printed)"),
     "max_steps": ("train.max_steps", int, "stop after this many optimiser steps"),
-    "lr": ("optim.lr", lambda v: v if v == "find" else float(v),
+    "lr": ("optim.lr", _lr_value,
            "learning rate of the decoder/head (default: the strategy's measured value, printed); "
            "find: run `segtune lr-find` first and use its suggestion"),
     "batch_size": ("data.batch_size", int, "training batch size (per device: DDP's global batch is devices x nodes x this)"),
