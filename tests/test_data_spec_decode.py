@@ -527,3 +527,25 @@ def test_non_utf8_file_names(tmp_path):
     assert len(pairs) == 1
     assert "orph\\xe9.png" in str(problems[0])
     str(problems[0]).encode("utf-8")  # printable
+
+
+def test_derived_data_is_a_loadable_index_data_set_moved_into_place(tmp_path: Path) -> None:
+    from segtune.data.derived import DERIVED_IGNORE, DerivedData
+
+    src = tmp_path / "user.JPG"
+    Image.new("RGB", (6, 4)).save(src, format="JPEG")
+    run = tmp_path / "run"
+    run.mkdir()
+    out = DerivedData(run, "step_data")
+    mask = np.ones((4, 6), np.int64)
+    mask[0, 0] = DERIVED_IGNORE
+    out.add("train", "a", src, mask)
+    out.add("val", "b", src, np.zeros_like(mask))
+    assert not (run / "step_data").exists()  # nothing under the final name before finish
+    final = out.finish("derived", ["bg", "x"], None)
+    assert final == run / "step_data" and sorted(p.name for p in run.iterdir()) == ["step_data"]
+    assert (final / "train" / "images" / "a.jpg").resolve() == src.resolve()
+    spec = load_dataset_spec(final)
+    assert spec.classes == ["bg", "x"] and spec.ignore_index == DERIVED_IGNORE
+    got = read_mask(final / "train" / "masks" / "a.png", spec)
+    assert got.dtype == np.int64 and got[0, 1] == 1 and got[0, 0] == DERIVED_IGNORE

@@ -20,7 +20,6 @@ model.yaml records the teacher.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 import yaml
 
 from .. import _log
-from .._io import atomic_write_yaml, link_or_copy
+from .._io import atomic_write_yaml
 from ..config import Config, apply_overrides, override_dict
 from ..errors import ConfigError, DataError, RunError, SegtuneError
 
@@ -41,7 +40,7 @@ DISTILL_FILE = "distill.yaml"
 DISTILL_DATA = "distill_data"
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
-_IGNORE = 255
+_IGNORE = 255  # = segtune.data.derived.DERIVED_IGNORE
 _LABELLED, _UNLABELLED = "lab_", "unl_"
 
 
@@ -302,42 +301,21 @@ def _new_folder(teacher: _Teacher, cfg: Config, out: Path, name: str | None) -> 
 
 def _write_data(run_dir: Path, teacher: _Teacher, inputs: _Inputs, progress: bool) -> Path:
     """``run_dir/distill_data``: labelled and unlabelled training images, val; index masks."""
-    from PIL import Image
-
     from .._progress import progress_iter
     from ..data import read_mask
+    from ..data.derived import DerivedData
 
     spec = inputs.spec
-    tmp = run_dir / (DISTILL_DATA + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for split in ("train", "val"):
-        (tmp / split / "images").mkdir(parents=True)
-        (tmp / split / "masks").mkdir(parents=True)
+    out = DerivedData(run_dir, DISTILL_DATA)
     show = None if progress else False
     jobs = [("train", _LABELLED, p) for p in inputs.train] + [("val", "", p) for p in inputs.val]
     for k, (split, prefix, (img, mask)) in enumerate(progress_iter(jobs, "writing the student's masks", show=show)):
-        stem = f"{prefix}{k:05d}_{Path(img).stem}"
-        link_or_copy(Path(img), tmp / split / "images" / f"{stem}{Path(img).suffix.lower()}")
         m = read_mask(mask, spec)
-        idx = np.where((m >= 0) & (m < spec.num_classes), m, _IGNORE).astype(np.uint8)
-        Image.fromarray(idx, mode="L").save(tmp / split / "masks" / f"{stem}.png")
+        out.add(split, f"{prefix}{k:05d}_{Path(img).stem}", img, np.where((m >= 0) & (m < spec.num_classes), m, _IGNORE))
     for k, (img, (w, h)) in enumerate(inputs.unlabelled):
-        stem = f"{_UNLABELLED}{k:05d}_{Path(img).stem}"
-        link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
-        Image.fromarray(np.full((h, w), _IGNORE, np.uint8), mode="L").save(tmp / "train" / "masks" / f"{stem}.png")
-    atomic_write_yaml(tmp / "dataset.yaml", {
-        "name": f"distillation data of {teacher.dir.name} ({spec.name or spec.root})",
-        "classes": list(spec.classes),
-        "colors": _colors(teacher, spec),
-        "ignore_index": _IGNORE,
-        "mask_format": "index",
-        "splits": {"train": {"images": "train/images", "masks": "train/masks"},
-                   "val": {"images": "val/images", "masks": "val/masks"}},
-    })
-    final = run_dir / DISTILL_DATA
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+        out.add("train", f"{_UNLABELLED}{k:05d}_{Path(img).stem}", img, np.full((h, w), _IGNORE, np.uint8))
+    return out.finish(f"distillation data of {teacher.dir.name} ({spec.name or spec.root})", spec.classes,
+                      _colors(teacher, spec))
 
 
 def _colors(teacher: _Teacher, spec: Any) -> list[list[int]] | None:

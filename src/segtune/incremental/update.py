@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from .. import _log
-from .._io import atomic_write_json, atomic_write_yaml, link_or_copy
+from .._io import atomic_write_json, atomic_write_yaml
 from ..config import Config, apply_overrides, override_dict
 from ..errors import ConfigError, DataError, RunError, SegtuneError
 from .methods import METHOD_REGISTRY, IncrementalModule, Step, build_method, list_methods
@@ -47,7 +47,7 @@ INCREMENTAL_FILE = "incremental.json"
 #: replay samples kept with each updated run (class-balanced); 0 turns replay off.
 DEFAULT_MEMORY = 20
 BACKGROUND = "background"
-_IGNORE = 255
+_IGNORE = 255  # = segtune.data.derived.DERIVED_IGNORE
 
 
 # ----------------------------------------------------------------------------- the parent run
@@ -180,12 +180,6 @@ def _remap(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return out
 
 
-def _write_mask(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
-    Image.fromarray(mask.astype(np.uint8), mode="L").save(path)
-
-
 def _checked_pairs(spec: Any, what: str, progress: bool) -> dict[str, list[tuple[Path, Path]]]:
     """Usable pairs per split of a data set, or a one-line DataError listing the first problem."""
     from ..data import check_data
@@ -216,9 +210,9 @@ def _prepare_step_data(run_dir: Path, parent: _Parent, plan: _StepPlan, new_spec
     """Write ``run_dir/step_data`` (images linked, masks in the step's labels) and its dataset.yaml."""
     from .._progress import progress_iter
     from ..data import read_mask
+    from ..data.derived import DerivedData
 
-    tmp = run_dir / (STEP_DATA + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out = DerivedData(run_dir, STEP_DATA)
     n_data = len(new_spec.classes)
     new_idx = set(range(plan.num_old, len(plan.classes)))
     if plan.kind == "class":  # only the step's classes keep their label; every other labelled pixel is background
@@ -226,38 +220,18 @@ def _prepare_step_data(run_dir: Path, parent: _Parent, plan: _StepPlan, new_spec
     else:
         train_map = {d: d + plan.offset for d in range(n_data)}
     train_lut, _ = _lut(n_data, new_spec.ignore_index, train_map)
-    for split in ("train", "val"):
-        (tmp / split / "images").mkdir(parents=True)
-        (tmp / split / "masks").mkdir(parents=True)
     for img, mask in progress_iter(new_pairs["train"], "writing the step's masks", show=None if progress else False):
-        stem = f"new_{Path(img).stem}"
-        link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
-        _write_mask(tmp / "train" / "masks" / f"{stem}.png", _remap(read_mask(mask, new_spec), train_lut))
+        out.add("train", f"new_{Path(img).stem}", img, _remap(read_mask(mask, new_spec), train_lut))
     for k, (img, mask) in enumerate(memory_pool):
-        stem = f"mem_{k:04d}_{Path(img).stem}"
-        link_or_copy(Path(img), tmp / "train" / "images" / f"{stem}{Path(img).suffix.lower()}")
-        _write_mask(tmp / "train" / "masks" / f"{stem}.png", mask.astype(np.uint8))
+        out.add("train", f"mem_{k:04d}_{Path(img).stem}", img, mask)
     # validation: every class known now keeps its label; classes not learned yet are ignored
     n_val = len(val_spec.classes)
     val_map = {d: d + plan.offset for d in range(n_val) if d + plan.offset < len(plan.classes)}
     val_lut, _ = _lut(n_val, val_spec.ignore_index, val_map)
     for img, mask in progress_iter(val_pairs, "writing the val masks", show=None if progress else False):
-        stem = Path(img).stem
-        link_or_copy(Path(img), tmp / "val" / "images" / f"{stem}{Path(img).suffix.lower()}")
-        _write_mask(tmp / "val" / "masks" / f"{stem}.png", _remap(read_mask(mask, val_spec), val_lut))
-    atomic_write_yaml(tmp / "dataset.yaml", {
-        "name": f"update step {plan.parent_step + 1} of {parent.dir.name}",
-        "classes": list(plan.classes),
-        "colors": _colors(parent, new_spec, plan),
-        "ignore_index": _IGNORE,
-        "mask_format": "index",
-        "splits": {"train": {"images": "train/images", "masks": "train/masks"},
-                   "val": {"images": "val/images", "masks": "val/masks"}},
-    })
-    final = run_dir / STEP_DATA
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+        out.add("val", Path(img).stem, img, _remap(read_mask(mask, val_spec), val_lut))
+    return out.finish(f"update step {plan.parent_step + 1} of {parent.dir.name}", plan.classes,
+                      _colors(parent, new_spec, plan))
 
 
 def _colors(parent: _Parent, spec: Any, plan: _StepPlan) -> list[list[int]]:
