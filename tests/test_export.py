@@ -220,6 +220,12 @@ def test_refusals_exit_2(exported, tmp_path: Path, capsys) -> None:
     assert "onnx" in capsys.readouterr().err
     assert main(["export", str(run), "--out", str(tmp_path / "c.txt")]) == 2
     assert ".onnx" in capsys.readouterr().err
+    # a missing --check / --calibration folder is named with its flag, before any work
+    for flag, extra in (("--check", []), ("--calibration", ["--int8"])):
+        assert main(["export", str(run), flag, str(tmp_path / "nope"), *extra, "--out", str(tmp_path / "m.onnx")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / 'nope'}: not found ({flag} takes") and err.count("\n") == 1
+        assert not (tmp_path / "m.onnx").exists()
     # a run folder without config.yaml: its val images are unknown
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -254,7 +254,13 @@ def _run_val_pairs(run: Path) -> tuple[list[Pair], Any]:
     return s.val, spec
 
 
+def _require(data: str | Path | None, flag: str) -> None:
+    if data is not None and not Path(data).exists():
+        raise DataError(f"{data}: not found ({flag} takes a folder of images or a data set folder / dataset.yaml)")
+
+
 def _check_pairs(run: Path, check: str | Path | None, limit: int | None) -> dict[str, Any]:
+    _require(check, "--check")
     pairs, spec = _data_pairs(check, ("val", "test", "train")) if check else _run_val_pairs(run)
     if not pairs:
         raise DataError(f"{check or run}: no images to check the export on (pass --check DATA)")
@@ -262,6 +268,7 @@ def _check_pairs(run: Path, check: str | Path | None, limit: int | None) -> dict
 
 
 def _calibration_images(run: Path, data: str | Path | None, limit: int) -> list[Path]:
+    _require(data, "--calibration")
     if data is None:
         root = _run_data(run, "--calibration")[0]["root"]
         _log.info(f"INT8 calibration on the run's training images ({root}); --calibration DATA to choose")
