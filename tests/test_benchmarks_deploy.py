@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,14 @@ def test_miou_counts_only_classes_present() -> None:
     miou, ious = dep._miou(cm)
     assert ious[2] is None and np.isclose(miou, (5 / 10 + 10 / 15) / 2)
 
+
+
+def test_results_section_is_generated_from_the_json() -> None:
+    dep = load_benchmark("deploy")
+    path = BENCH / "deploy.json"
+    doc = json.loads(path.read_text())
+    assert dep.goals(doc["rows"]) == doc["goals"]
+    results = (BENCH / "RESULTS.md").read_text()
+    block = results.split(dep.MARK_START)[1].split(dep.MARK_END)[0]
+    assert block.strip() == dep.section(doc, path).strip()
+    assert all(not r.get("torch_imported") for n, r in doc["rows"].items() if "onnx" in n)

@@ -40,8 +40,8 @@ __all__ = ["export_onnx", "ExportReport", "OPSET", "INT8_FLOAT_OPS", "METADATA_F
 
 OPSET = 17
 METADATA_FORMAT = 1
-#: op types the INT8 model keeps in float by default. None: keeping ``Resize`` in float changed
-#: neither mIoU nor speed measurably (benchmarks/deploy.py, RESULTS.md "deploy")
+#: op types the INT8 model keeps in float by default. None: keeping ``Resize`` in float left the
+#: mIoU unchanged and was slower (230 vs 157 ms; benchmarks/deploy.py, RESULTS.md "Deploy")
 INT8_FLOAT_OPS: tuple[str, ...] = ()
 _PAD = 32
 
