@@ -345,3 +345,23 @@ def test_many_absent_classes_are_one_warning_few_are_one_each(tmp_path):
     (root / "dataset.yaml").write_text("classes: [c0, c1, c2, c3]\nsplits: {train: {images: im, masks: mk}}\n")
     absent = [p.message for p in check_data(root, progress=False).problems if "never occur" in p.message]
     assert absent == ["class 2 'c2' never occurs in the train masks", "class 3 'c3' never occurs in the train masks"]
+
+
+def test_one_jpeg_mask_among_png_masks_does_not_invent_classes(tmp_path):
+    """0/255 PNG masks plus one JPEG: the JPEG's compression noise must not become classes."""
+    from PIL import Image
+
+    from segtune.data import load_dataset_spec
+
+    root = tmp_path / "mixed"
+    m = np.zeros((40, 48), np.uint8)
+    m[8:30, 6:40] = 255
+    for i in range(3):
+        _img(root / "images" / f"{i}.png", 40, 48, seed=i)
+    for i in range(2):
+        _mask(root / "masks" / f"{i}.png", m)
+    Image.fromarray(m).save(root / "masks" / "2.jpg", quality=60)
+    spec = load_dataset_spec(root)
+    assert spec.classes == ["class_0", "class_1"] and spec.mask_format == "binary"
+    report = check_data(root, progress=False)
+    assert report.ok and report.class_pixels.sum() == 3 * 40 * 48

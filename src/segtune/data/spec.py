@@ -628,6 +628,20 @@ def _classes_from_values(spec: DatasetSpec, masks_dir: Path, values: set[int]) -
         spec.classes = [f"class_{i}" for i in range(top + 1)]
 
 
+def _lossless_if_any(masks_dir: Path, files: list[Path]) -> list[Path]:
+    """The masks to infer classes from: the lossless ones when some masks are JPEG and some are not
+    (a JPEG's compression noise would otherwise become dozens of classes)."""
+    from .pairing import LOSSY_MASK_EXTS
+
+    lossless = [f for f in files if f.suffix.lower() not in LOSSY_MASK_EXTS]
+    if not lossless or len(lossless) == len(files):
+        return files
+    lossy = next(f for f in files if f.suffix.lower() in LOSSY_MASK_EXTS)
+    _log.warn(f"{masks_dir}: classes inferred from the {len(lossless)} lossless masks only, not from the "
+              f"{len(files) - len(lossless)} JPEG mask(s) (e.g. {lossy.name}: compression noise); save masks as PNG")
+    return lossless
+
+
 def _fill_inferred_classes(spec: DatasetSpec) -> None:
     """Scan training masks to infer the classes (and binary/ignore conventions) in place."""
     from .pairing import list_files
@@ -643,7 +657,7 @@ def _fill_inferred_classes(spec: DatasetSpec) -> None:
     files, _ = list_files(split.masks, kind="mask", recursive=split.recursive)
     if _binary_jpegs(spec, split.masks, files):
         return
-    values, palette, n = _scan_mask_values(split.masks, files)
+    values, palette, n = _scan_mask_values(split.masks, _lossless_if_any(split.masks, files))
     _classes_from_values(spec, split.masks, values)
     if spec.colors is None and palette is not None and spec.mask_format != "binary":
         pal = palette + [(0, 0, 0)] * max(0, spec.num_classes - len(palette))
