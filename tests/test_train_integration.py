@@ -153,3 +153,13 @@ def test_failed_fit_restores_torch_fill_uninitialized_memory(squares: Path, tmp_
     with pytest.raises(RuntimeError, match="boom in training_step"):
         segtune.train(cfg)
     assert det.fill_uninitialized_memory is True
+
+
+def test_max_steps_inside_the_first_epoch_still_records_history_and_curves(squares: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    run = segtune.train(_cfg(squares, tmp_path / "runs", train__max_steps=1, train__name="short"))
+    assert run.summary["epochs"] == 0 and run.summary["steps"] == 1
+    assert len(run.history) == 1 and run.history[0]["val_miou"] == pytest.approx(run.metrics["miou"])
+    assert len((run.dir / "history.csv").read_text().strip().splitlines()) == 2
+    assert (run.dir / "curves.png").is_file()
+    assert "after less than one epoch (1 steps)" in capsys.readouterr().err

@@ -605,9 +605,13 @@ def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks,
             _log.info(f"replay memory: {info['size']} training samples stored in {run_dir / 'memory'} "
                       "(class-balanced; for `segtune update`)")
     _write_overlays(run_dir, model, meta, dm.val_pairs[: cfg.train.num_overlays], spec)
+    if not cbs.history.rows:  # max_steps ended the first epoch before any validation: one partial row
+        cbs.history.rows.append({"epoch": 1, "step": int(trainer.global_step), "val_miou": metrics.get("miou"),
+                                 "train_loss": parts.module.train_epoch_loss(), "seconds": summary["seconds"]})
     cbs.history.write()
+    done = f"{summary['epochs']} epochs" if summary["epochs"] else "less than one epoch"
     _log.info(
-        f"done: val mIoU {metrics['miou']:.4f} after {summary['epochs']} epochs ({summary['steps']} steps), "
+        f"done: val mIoU {metrics['miou']:.4f} after {done} ({summary['steps']} steps), "
         f"{summary['seconds']:.0f} s; results in {run_dir}"
     )
     return Run(dir=run_dir, metrics=metrics, history=cbs.history.rows, summary=summary)
