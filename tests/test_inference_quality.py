@@ -288,3 +288,15 @@ def test_predict_areas_naming_a_folder_is_one_line_and_writes_nothing(tiny_run: 
         err = capsys.readouterr().err
         assert err.startswith(f"error: {areas}: is a folder") and err.count("\n") == 1
         assert not out.exists() and sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize("size", ["0", "10", "100"])
+def test_predict_tile_size_not_a_multiple_of_32_is_one_line(size: str, tiny_run: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_run), str(tmp_path / "imgs"), "--out", str(out), "--tile-size", size]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --tile-size {size}: must be a positive multiple of 32 (e.g. 512 or 1024)\n"
+    assert not out.exists()

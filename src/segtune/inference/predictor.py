@@ -15,7 +15,7 @@ from .. import _log
 from .._progress import progress_iter
 from .._tensor import cpu_channels_last, round_up, suppress_classes
 from ..data.pairing import collect_images
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.modelfile import load_model
 from .outputs import area_rows, quantize_probabilities, write_areas_csv, write_probability_maps
 from .tiling import BLENDS, blended_bands, tile_grid
@@ -71,6 +71,8 @@ class Predictor:
         norm = meta.get("normalization", {})
         self.mean = torch.tensor(norm.get("mean", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(norm.get("std", [0.5] * 3), dtype=torch.float32).view(1, 3, 1, 1)
+        if int(tile_size) < 32 or int(tile_size) % 32:
+            raise ConfigError(f"--tile-size {tile_size}: must be a positive multiple of 32 (e.g. 512 or 1024)")
         self.tile_size = tile_size
         self.tile_pixels = tile_pixels
         self.max_pixels = max_pixels
