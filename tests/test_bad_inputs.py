@@ -679,3 +679,15 @@ def test_config_value_out_of_range(flags, fragments, tmp_path: Path, capsys) -> 
     rc = main(["train", str(root), "--out", str(out), *TRAIN_FAST, *flags])
     one_line_error(rc, capsys.readouterr().err, *fragments)
     assert no_output(out)
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "RUN", "DATA"], ["evaluate", "RUN", "DATA"], ["lr-find", "DATA"], ["rank-encoders", "DATA"],
+    ["tune", "DATA"], ["train", "DATA"], ["distill", "RUN", "DATA", "--student", "unet/tf_efficientnet_lite0"],
+])
+def test_out_naming_an_existing_file_is_one_line(argv: list[str], tmp_path: Path, capsys) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    assert main([*argv, "--out", str(taken)]) == 2
+    assert capsys.readouterr().err == f"error: --out {taken}: is a file, not a folder (give a folder name, or move the file away)\n"
+    assert taken.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _log
-from .errors import SegtuneError
+from .errors import RunError, SegtuneError
 
 __all__ = ["main", "build_parser"]
 
@@ -414,6 +414,13 @@ def _add_package_commands(sub: Any) -> dict[str, Any]:
     return handlers
 
 
+def _check_out_is_not_a_file(a: argparse.Namespace) -> None:
+    """Every ``--out`` but export's names a folder: an existing file there is one line, not a traceback."""
+    out = getattr(a, "out", None)
+    if out and not getattr(a, "out_is_file", False) and Path(out).exists() and not Path(out).is_dir():
+        raise RunError(f"--out {out}: is a file, not a folder (give a folder name, or move the file away)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segtune`` command; returns the exit code."""
     parser = build_parser()
@@ -424,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     _log.set_quiet(a.quiet)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     try:
+        _check_out_is_not_a_file(a)
         handler = _COMMANDS.get(a.command) or _PACKAGE_HANDLERS[a.command]
         return handler(a)
     except SegtuneError as e:

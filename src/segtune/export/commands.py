@@ -28,6 +28,7 @@ def add_commands(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
                    help="--int8: refuse a model losing more mIoU points than this on the check images (default 1)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(out_is_file=True)  # the CLI's check that --out is not an existing file skips it
     return {"export": _cmd_export}
 
 
