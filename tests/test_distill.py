@@ -58,7 +58,7 @@ def write_yaml(root: Path, classes: list[str] = CLASSES) -> Path:
     colors = [[0, 0, 0], [255, 0, 0], [0, 255, 0]][: len(classes)]
     (root / "dataset.yaml").write_text(
         f"name: shapes\nclasses: [{', '.join(classes)}]\ncolors: {colors}\n"
-        "ignore_index: 255\nmask_format: index\nsplits:\n  train: {images: train/images, masks: train/masks}\n"
+        "ignore_index: 250\nmask_format: index\nsplits:\n  train: {images: train/images, masks: train/masks}\n"
         "  val: {images: val/images, masks: val/masks}\n"
     )
     return root
@@ -115,6 +115,9 @@ def test_distillation_lifts_a_student_above_labels_alone(world, capsys) -> None:
     tmeta = yaml.safe_load((world["teacher"] / "model.yaml").read_text())
     assert meta["model"]["arch"] == STUDENT[0] and meta["classes"] == tmeta["classes"] == CLASSES
     assert meta["colors"] == tmeta["colors"]
+    # the data's ignore value (not the 255 of the student's own derived data): evaluate reads a
+    # folder without dataset.yaml with it
+    assert meta["ignore_index"] == tmeta["ignore_index"] == 250
     assert meta["distillation"]["teacher"] == str(world["teacher"].resolve())
     assert json.loads((kd / "metrics.json").read_text())["summary"]["steps"] == steps
     dd = yaml.safe_load((kd / "distill.yaml").read_text())

@@ -38,7 +38,8 @@ def test_full_strategy_learns_two_class_task(squares: Path, tmp_path: Path) -> N
     fg = run.metrics["per_class"][1]
     assert fg["iou"] > 0.8, run.metrics
     assert run.metrics["miou"] > 0.85
-    for f in ("model.safetensors", "model.yaml", "config.yaml", "metrics.json", "history.csv", "curves.png", "per_class_iou.png"):
+    for f in ("model.safetensors", "model.yaml", "config.yaml", "metrics.json", "history.csv", "curves.png", "per_class_iou.png",
+              "confusion_matrix.png"):
         assert (run.dir / f).is_file(), f
     assert list((run.dir / "val_overlays").glob("*.png"))
     # history has one row per epoch, no duplicates

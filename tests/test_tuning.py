@@ -325,3 +325,18 @@ def test_train_lr_that_is_neither_a_number_nor_find_says_so(capsys) -> None:
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "argument --lr: expected a number (e.g. 1e-3) or find, got 'fast'" in err and "<lambda>" not in err
+
+
+def test_cli_tune_where_no_trial_finished_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A study with no finished trial has nothing to use: one error line and exit 2, not success."""
+    from segtune.tuning import study
+
+    def no_trial_finished(*args, **kwargs) -> study.TuneResult:
+        return study.TuneResult(dir=tmp_path / "t", best_value=None, best_trial=None, best_params={},
+                                best_config=None, counts={"complete": 0, "pruned": 0, "failed": 2}, rows=[])
+
+    monkeypatch.setattr(study, "tune", no_trial_finished)
+    assert main(["tune", str(tmp_path), "--trials", "2", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no trial finished (0 complete, 0 pruned, 2 failed)")
+    assert "trials.csv" in err[0]

@@ -55,7 +55,7 @@ def make_shapes(root: Path, classes: list[str], n_train: int = 6, n_val: int = 3
     if val:
         sp += "  val: {images: val/images, masks: val/masks}\n"
     (root / "dataset.yaml").write_text(
-        f"name: shapes\nclasses: [{', '.join(classes)}]\nignore_index: 255\nmask_format: index\nsplits:\n{sp}"
+        f"name: shapes\nclasses: [{', '.join(classes)}]\nignore_index: 250\nmask_format: index\nsplits:\n{sp}"
     )
     return root
 
@@ -93,6 +93,7 @@ def test_class_incremental_update_then_data_update_and_history(base: Path, tmp_p
     assert len(base_items) == 6 and all(it.classes == [0, 1] for it in base_items)
     meta = yaml.safe_load((run.dir / "model.yaml").read_text())
     assert meta["classes"] == ["background", "square", "disk"] and meta["model"]["num_classes"] == 3
+    assert meta["ignore_index"] == 250  # the data's ignore value, not step_data's 255
     lin = meta["lineage"]
     assert lin["parent"] == str(base.resolve()) and lin["step"] == 1 and lin["kind"] == "class"
     assert lin["classes_added"] == ["disk"] and lin["method"] == "mib" and lin["data_fingerprint"]

@@ -360,7 +360,9 @@ def _train_plan(teacher: _Teacher, plan: _Plan) -> Any:
         _store_memory(run_dir)
 
     tmodel = teacher.meta.get("model") or {}
-    meta = {"distillation": {
+    # the user's data convention, not the 255 of distill_data: evaluate reads a folder without a
+    # dataset.yaml with the model's ignore value
+    meta = {"ignore_index": int(teacher.meta.get("ignore_index", _IGNORE)), "distillation": {
         "teacher": plan.teacher, "teacher_arch": tmodel.get("arch"), "teacher_encoder": tmodel.get("encoder"),
         "teacher_val_miou": teacher.meta.get("val_miou"), "temperature": plan.temperature, "alpha": plan.alpha,
         "hint_weight": plan.hint_weight,

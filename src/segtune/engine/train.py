@@ -594,7 +594,7 @@ def _finalize(start: _Start, parts: _Parts, trainer: L.Trainer, cbs: _Callbacks,
         **plan.meta,
     }
     save_model(run_dir, model, meta)
-    write_evaluation(run_dir, metrics, summary=summary)
+    write_evaluation(run_dir, metrics, summary=summary, confusion_png=True)
     if plan.finalize is not None:
         plan.finalize(run_dir, model, metrics, summary)
     else:  # a plain run keeps a small replay memory for a later `segtune update`

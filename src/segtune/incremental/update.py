@@ -518,6 +518,9 @@ def _train_plan(parent: _Parent, plan: _StepPlan, t0: float, progress: bool) -> 
         _write_report(run_dir, parent, plan, metrics, time.perf_counter() - t0)
 
     meta = {
+        # the user's data convention, not the 255 of step_data (a folder without a dataset.yaml is
+        # evaluated with the model's ignore value)
+        "ignore_index": int(parent.meta.get("ignore_index", 255)),
         "background": plan.background,
         "lineage": {
             "parent": plan.parent, "step": plan.parent_step + 1, "kind": plan.kind,

@@ -6,6 +6,7 @@ Top-level imports stay light (argparse only); the handlers import the heavy modu
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,10 @@ def _cmd_tune(a: argparse.Namespace) -> int:
     r = tune(a.data, trials=a.trials, timeout=a.timeout, sampler=a.sampler, pruner=a.pruner, space=a.space,
              out=a.out, resume=a.resume, config=a.config, overrides=_overrides(a, {}), keep=a.keep, seed=a.seed)
     counts = ", ".join(f"{n} {s}" for s, n in r.counts.items())
-    if r.best_value is None:
-        print(f"no trial finished ({counts}); see {r.dir / 'trials.csv'}")
-        return 0
+    if r.best_value is None:  # nothing to use: a script must not read this as success
+        print(f"error: no trial finished ({counts}); each trial's reason is in {r.dir / 'trials.csv'}",
+              file=sys.stderr)
+        return 2
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
     print(f"best val mIoU {r.best_value:.4f} (trial {r.best_trial}; {counts}): {params}")
     print(f"train with it: segtune train --config {r.best_config}")
