@@ -56,8 +56,9 @@ def test_parse_tta_specs_and_errors() -> None:
     both = parse_tta("flip,scales=0.5,1")
     assert both == TTA(flip=True, scales=(0.5, 1.0)) and len(both.views()) == 4
     assert both.views()[0] == (1.0, False) and str(both) == "flip,scales=0.5,1"
+    assert parse_tta("scales=0.5,1,flip") == both  # flip may follow the scales too
     assert parse_tta(None) is None and parse_tta("none") is None
-    for bad in ("mirror", "scales=", "scales=a,1", "scales=0,1", "flip,scales=9"):
+    for bad in ("mirror", "scales=", "scales=a,1", "scales=0,1", "flip,scales=9", "scales=flip"):
         with pytest.raises(ConfigError, match="--tta"):
             parse_tta(bad)
 

@@ -68,8 +68,10 @@ def parse_tta(text: str | TTA | None) -> TTA | None:
             raise ConfigError(f"--tta {text}: unknown augmentation '{word}' (known: flip, scales=...; {_EXAMPLE})")
         flip = True
     if sep:
+        items = [s for s in tail.replace(" ", "").split(",") if s]
+        flip = flip or "flip" in items  # "scales=1,1.25,flip" as well as "flip,scales=1,1.25"
         try:
-            scales = tuple(float(s) for s in tail.replace(" ", "").split(",") if s)
+            scales = tuple(float(s) for s in items if s != "flip")
         except ValueError:
             scales = ()
         if not scales or any(not 0.1 <= s <= 4 for s in scales):
