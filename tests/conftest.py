@@ -40,6 +40,22 @@ def load_benchmark(name: str):
     return mod
 
 
+def save_random_run(run: Path, classes: tuple[str, ...] = ("background", "square"), seed: int = 0,
+                    normalization: dict | None = None) -> Path:
+    """A run folder holding a random-weight Unet + Lite0 with ``len(classes)`` classes (model files
+    only, no config.yaml): a fast stand-in for a trained run in inference and export tests."""
+    from segtune.models import create_model
+    from segtune.models.modelfile import save_model
+
+    torch.manual_seed(seed)
+    model = create_model("unet", "tf_efficientnet_lite0", num_classes=len(classes), weights="none")
+    colors = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]][: len(classes)]
+    meta = {"classes": list(classes), "colors": colors, "ignore_index": 255,
+            "normalization": normalization or {"mean": list(model.mean), "std": list(model.std)}}
+    save_model(run, model, meta)
+    return run
+
+
 def make_squares_dataset(root: Path, n_train: int = 12, n_val: int = 4, size: int = 64, seed: int = 0) -> Path:
     """Two classes: bright textured squares (1) on dark noise (0); writes dataset.yaml."""
     rng = np.random.default_rng(seed)

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_squares_dataset
+from conftest import make_squares_dataset, save_random_run
 from PIL import Image
 
 from segtune.cli import main
-from segtune.engine.run import save_model
 from segtune.errors import SegtuneError
 from segtune.export import export_onnx
 from segtune.export.runtime import OnnxSegmenter
@@ -29,14 +28,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def _make_run(root: Path, data: Path, seed: int = 0) -> Path:
     """A run folder with a small random-weight Unet (2 classes) and a config.yaml naming ``data``."""
-    from segtune.models import create_model
-
-    torch.manual_seed(seed)
-    run = root / "run"
-    model = create_model("unet", "tf_efficientnet_lite0", num_classes=2, weights="none")
-    meta = {"classes": ["background", "square"], "colors": [[0, 0, 0], [255, 0, 0]], "ignore_index": 255,
-            "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
-    save_model(run, model, meta)
+    run = save_random_run(root / "run", seed=seed,
+                          normalization={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(data)}, "train": {"seed": 0}}))
     return run
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import save_random_run
 from PIL import Image
 
 from segtune.cli import main
@@ -147,16 +148,7 @@ def test_predictor_tiles_reassemble_an_identity_model() -> None:
 # ------------------------------------------------------------------ predict outputs
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from segtune.engine.run import save_model
-    from segtune.models import create_model
-
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("run")
-    model = create_model("unet", "tf_efficientnet_lite0", num_classes=2, weights="none")
-    meta = {"classes": ["background", "square"], "colors": [[0, 0, 0], [255, 0, 0]], "ignore_index": 255,
-            "normalization": {"mean": list(model.mean), "std": list(model.std)}}
-    save_model(run, model, meta)
-    return run
+    return save_random_run(tmp_path_factory.mktemp("run"))
 
 
 def test_probability_maps_and_areas_match_the_masks(tiny_run: Path, tmp_path: Path) -> None:

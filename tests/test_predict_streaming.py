@@ -6,26 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import save_random_run
 from PIL import Image
 
 from segtune.cli import main
-from segtune.engine.run import save_model
 from segtune.errors import ConfigError
 from segtune.inference.predictor import Predictor, parse_shard, shard_files
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from segtune.models import create_model
-
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("run")
-    model = create_model("unet", "tf_efficientnet_lite0", num_classes=2, weights="none")
-    meta = {"classes": ["bg", "fg"], "colors": [[0, 0, 0], [255, 0, 0]], "ignore_index": 255,
-            "normalization": {"mean": list(model.mean), "std": list(model.std)}}
-    save_model(run, model, meta)
-    return run
+    return save_random_run(tmp_path_factory.mktemp("run"), classes=("bg", "fg"))
 
 
 def _images(folder: Path, n: int) -> list[Path]:
